@@ -1,0 +1,124 @@
+"""Validated lore entries: the schema of a designer's lore file.
+
+A lore file is Markdown with YAML front matter (the format Jekyll, Hugo and
+Obsidian use). The front matter holds the fields below; the Markdown body is
+the entry's text. Field names follow SillyTavern's World Info where one exists
+(``keys``, ``secondary_keys``, ``selective_logic``, ``constant``, ``disabled``,
+``order``, ``position``), see https://docs.sillytavern.app/usage/core-concepts/worldinfo/
+so writers' habits carry over.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+
+
+class Kind(str, Enum):
+    """What an entry describes. ``npc`` entries are NPC cards a client can talk to."""
+
+    npc = "npc"
+    place = "place"
+    faction = "faction"
+    event = "event"
+    item = "item"
+    creature = "creature"
+    lore = "lore"
+
+
+class SelectiveLogic(str, Enum):
+    """How ``secondary_keys`` gate a primary-key match (SillyTavern World Info)."""
+
+    and_any = "and_any"
+    and_all = "and_all"
+    not_any = "not_any"
+    not_all = "not_all"
+
+
+class Position(str, Enum):
+    """Where a triggered entry is placed in the prompt.
+
+    ``prefix``: in the byte-stable prefix (evaluated once per NPC).
+    ``turn``: just before the player's line, in the turn that triggered it.
+    """
+
+    prefix = "prefix"
+    turn = "turn"
+
+
+class NpcCard(BaseModel):
+    """The character fields of a ``kind: npc`` entry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    persona: str = Field(description="Who the NPC is: role, temperament, goals, in the third person.")
+    voice: str = Field(description="How the NPC speaks: register, verbal tics, sentence length.")
+    knows: list[str] = Field(default_factory=list, description="Facts the NPC knows and will share.")
+    hides: list[str] = Field(default_factory=list, description="Facts the NPC knows but keeps hidden or deflects.")
+    location: str | None = Field(default=None, description="Entry id of the place where the NPC is usually found.")
+    faction: str | None = Field(default=None, description="Entry id of the NPC's faction.")
+    greeting: str | None = Field(default=None, description="A first line the NPC may say.")
+
+
+class LoreEntry(BaseModel):
+    """One lorebook entry, validated from a lore file's front matter and body.
+
+    Raises:
+        pydantic.ValidationError: on a missing or wrongly typed field; the loader
+            turns it into ``path:line: message``.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(pattern=ID_PATTERN, description="Unique id; defaults to the file name without extension.")
+    kind: Kind
+    name: str = Field(min_length=1, description="Display name; also a primary key for keyword matching.")
+    keys: list[str] = Field(default_factory=list, description="Primary keys: words or phrases that trigger the entry; '/regex/flags' for a regex.")
+    secondary_keys: list[str] = Field(default_factory=list, description="Secondary keys, combined by selective_logic.")
+    selective_logic: SelectiveLogic = SelectiveLogic.and_any
+    constant: bool = Field(default=False, description="Always injected, for every NPC that may know it.")
+    disabled: bool = False
+    order: int = Field(default=100, description="Insertion order / priority: higher is kept first when the token budget is short.")
+    position: Position = Position.turn
+    known_by: list[str] = Field(default_factory=list, description="Knowledge scope: NPC ids, faction ids or tags that know this; empty means common knowledge.")
+    tags: list[str] = Field(default_factory=list)
+    npc: NpcCard | None = Field(default=None, description="Required when kind is npc.")
+    text: str = Field(default="", description="The Markdown body.")
+
+    @field_validator("keys", "secondary_keys", mode="before")
+    @classmethod
+    def _split_comma_string(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+    @field_validator("keys", "secondary_keys")
+    @classmethod
+    def _check_regex(cls, v: list[str]) -> list[str]:
+        for key in v:
+            if len(key) > 2 and key.startswith("/") and key.rfind("/") > 0:
+                pattern = key[1 : key.rfind("/")]
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(f"bad regex key {key!r}: {exc}") from exc
+        return v
+
+    @model_validator(mode="after")
+    def _npc_needs_card(self) -> "LoreEntry":
+        if self.kind == Kind.npc and self.npc is None:
+            raise ValueError("kind 'npc' needs an 'npc' section (persona, voice, knows, hides)")
+        if self.kind != Kind.npc and self.npc is not None:
+            raise ValueError(f"'npc' section is only allowed on kind 'npc', not {self.kind.value!r}")
+        return self
+
+    def all_keys(self) -> list[str]:
+        """Primary keys plus the entry's name, de-duplicated, in order."""
+        seen: dict[str, None] = {}
+        for k in [self.name, *self.keys]:
+            seen.setdefault(k, None)
+        return list(seen)
