@@ -1,0 +1,148 @@
+"""A Python client for the sidecar (DEALER socket, blocking). Used by the demo, ``narrative chat`` and tests.
+
+Example:
+    >>> with SidecarClient("tcp://127.0.0.1:5555") as c:
+    ...     c.hello()
+    ...     for msg in c.say("mara-thorn", "Any news?"):
+    ...         print(msg.text if msg.type == "chunk" else msg.timings)
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Iterator
+
+import zmq
+
+from bridge import protocol as p
+
+
+class SidecarError(Exception):
+    """The sidecar answered with an ``error`` message. ``code`` is a `bridge.protocol.ErrorCode`."""
+
+    def __init__(self, code: str, message: str, request_id: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class SidecarTimeout(TimeoutError):
+    """No message from the sidecar within the timeout."""
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class SidecarClient:
+    """One DEALER connection to a sidecar.
+
+    Args:
+        endpoint: the sidecar's ROUTER endpoint.
+        timeout_s: longest wait for any single message (a reply or the next chunk).
+    """
+
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:5555", timeout_s: float = 120.0, context: zmq.Context | None = None) -> None:
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self._ctx = context or zmq.Context.instance()
+        self.sock = self._ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self._pending: dict[str, deque] = defaultdict(deque)
+
+    def __enter__(self) -> "SidecarClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+    # ---- raw -------------------------------------------------------------
+
+    def send(self, msg: p._Msg) -> str:
+        self.sock.send(p.encode(msg))
+        return msg.id
+
+    def send_raw(self, payload: bytes) -> None:
+        """Send any bytes as one frame (for tests of bad input)."""
+        self.sock.send(payload)
+
+    def recv(self, request_id: str | None = None, timeout_s: float | None = None):
+        """Next message (for `request_id`, if given; others are kept for later).
+
+        Raises:
+            SidecarTimeout: nothing arrived in time.
+        """
+        if request_id is not None and self._pending[request_id]:
+            return self._pending[request_id].popleft()
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(int(left * 1000)):
+                raise SidecarTimeout(f"no reply from the sidecar at {self.endpoint} in {self.timeout_s:.0f} s (is `narrative serve` running?)")
+            msg = p.decode(self.sock.recv())
+            if request_id is None or msg.id == request_id:
+                return msg
+            self._pending[msg.id].append(msg)
+
+    def request(self, msg: p._Msg, timeout_s: float | None = None):
+        """Send `msg` and return its single reply. Raises `SidecarError` on an ``error`` reply."""
+        self.send(msg)
+        reply = self.recv(msg.id, timeout_s)
+        if reply.type == "error":
+            raise SidecarError(reply.code, reply.message, reply.id)
+        return reply
+
+    # ---- API -------------------------------------------------------------
+
+    def hello(self, client: str = "python") -> p.Ready:
+        return self.request(p.Hello(id=new_id(), client=client))
+
+    def ping(self) -> float:
+        """Round trip in ms."""
+        t0 = time.perf_counter()
+        self.request(p.Ping(id=new_id()))
+        return (time.perf_counter() - t0) * 1000
+
+    def reset(self, npc: str, session: str | None = None) -> None:
+        self.request(p.Reset(id=new_id(), npc=npc, session=session))
+
+    def lore_query(self, text: str, npc: str | None = None) -> p.LoreResult:
+        return self.request(p.LoreQuery(id=new_id(), text=text, npc=npc))
+
+    def cancel(self, target: str) -> None:
+        """Ask the sidecar to stop stream `target` (its `Done` then says ``cancelled``)."""
+        self.send(p.Cancel(id=new_id(), target=target))
+
+    def say(self, npc: str, text: str, *, request_id: str | None = None, **options) -> Iterator[p.Chunk | p.Done]:
+        """Stream an NPC's answer: yields `Chunk` messages, then one `Done`.
+
+        Raises:
+            SidecarError: the request was refused (unknown NPC, invalid field...).
+            SidecarTimeout: the stream stalled longer than ``timeout_s``.
+        """
+        rid = request_id or new_id()
+        self.send(p.Say(id=rid, npc=npc, text=text, **options))
+        while True:
+            msg = self.recv(rid)
+            if msg.type == "error":
+                raise SidecarError(msg.code, msg.message, msg.id)
+            yield msg
+            if msg.type == "done":
+                return
+
+    def say_text(self, npc: str, text: str, **options) -> tuple[list[str], p.Done]:
+        """Run a whole turn; returns (chunk texts, the `Done` message)."""
+        chunks: list[str] = []
+        for msg in self.say(npc, text, **options):
+            if msg.type == "chunk":
+                chunks.append(msg.text)
+            else:
+                return chunks, msg
+        raise AssertionError("unreachable")

@@ -1,0 +1,246 @@
+"""The wire protocol: every message between a game and the sidecar, and the codec.
+
+A message is one ZeroMQ frame holding one msgpack map with string keys
+(https://github.com/msgpack/msgpack/blob/master/spec.md). Every map has
+``v`` (protocol version), ``type`` and ``id``. Replies, chunks and errors carry
+the ``id`` of the request they answer. Unknown extra fields are ignored
+(forward compatibility); an unknown ``type`` is answered with an ``error``.
+The human-readable description with byte-exact examples is ``bridge/PROTOCOL.md``.
+
+The codec is two pure functions, `encode` and `decode`; pickle is never used.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+import msgpack
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+PROTOCOL_VERSION = 1
+
+
+class ErrorCode:
+    """Codes carried by `Error.code`. Clients switch on these, never on messages."""
+
+    BAD_FRAME = "bad_frame"  # not a msgpack map with string keys
+    FRAME_TOO_LARGE = "frame_too_large"
+    UNKNOWN_TYPE = "unknown_type"
+    INVALID = "invalid"  # a field is missing, of the wrong type or out of bounds
+    UNSUPPORTED_VERSION = "unsupported_version"
+    UNKNOWN_NPC = "unknown_npc"
+    UNKNOWN_REQUEST = "unknown_request"
+    BUSY = "busy"
+    INTERNAL = "internal"
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    v: int = Field(PROTOCOL_VERSION, ge=1, description="Protocol version.")
+    id: str = Field(min_length=1, max_length=128, description="Request id; replies carry the id they answer.")
+
+
+# ---- client -> server ------------------------------------------------------
+
+
+class Hello(_Msg):
+    """Opens a session; answered by `Ready`."""
+
+    type: Literal["hello"] = "hello"
+    client: str = Field("", max_length=128, description="Free-form client name, for logs.")
+
+
+class Say(_Msg):
+    """A player's line to an NPC; answered by `Chunk`* then exactly one `Done` (or one `Error`)."""
+
+    type: Literal["say"] = "say"
+    npc: str = Field(min_length=1, max_length=128, description="NPC entry id, as in the lore files.")
+    text: str = Field(min_length=1, max_length=4000, description="What the player says.")
+    session: str | None = Field(None, max_length=128, description="Conversation key; defaults to the client's connection.")
+    max_tokens: int | None = Field(None, ge=1, le=4096, description="Upper bound on generated tokens.")
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    seed: int | None = Field(None, description="Sampling seed, for reproducible lines.")
+
+
+class Cancel(_Msg):
+    """Stops the stream of request `target`; that stream ends with `Done` (finish_reason ``cancelled``)."""
+
+    type: Literal["cancel"] = "cancel"
+    target: str = Field(min_length=1, max_length=128)
+
+
+class Reset(_Msg):
+    """Forgets the history of one conversation; answered by `Ok`."""
+
+    type: Literal["reset"] = "reset"
+    npc: str = Field(min_length=1, max_length=128)
+    session: str | None = Field(None, max_length=128)
+
+
+class Ping(_Msg):
+    """Liveness probe; answered by `Pong`. Any message counts as liveness."""
+
+    type: Literal["ping"] = "ping"
+
+
+class LoreQuery(_Msg):
+    """Which lore entries a line would retrieve for an NPC; answered by `LoreResult`."""
+
+    type: Literal["lore.query"] = "lore.query"
+    text: str = Field(min_length=1, max_length=4000)
+    npc: str | None = Field(None, max_length=128)
+
+
+# ---- server -> client ------------------------------------------------------
+
+
+class Ready(_Msg):
+    """Answer to `Hello`: versions, models, NPCs and limits."""
+
+    type: Literal["ready"] = "ready"
+    server: str
+    models: dict[str, str] = Field(description="Role ('dialogue', 'embedding') -> model file name.")
+    npcs: list[str]
+    limits: dict[str, int] = Field(description="max_frame_bytes, max_tokens, n_ctx.")
+
+
+class Chunk(_Msg):
+    """A piece of a streamed NPC line. ``seq`` counts from 0 within one request."""
+
+    type: Literal["chunk"] = "chunk"
+    seq: int = Field(ge=0)
+    text: str
+
+
+class Done(_Msg):
+    """Ends a `Say` stream.
+
+    ``finish_reason``: ``stop`` (end of turn), ``length`` (max_tokens reached),
+    ``cancelled`` (cancel or peer gone), ``error``.
+    ``tokens``: prompt (fed this turn), cached (reused from the prefix), completion.
+    ``timings``: ttft_ms (request received -> first chunk), total_ms, tokens_per_s (decode).
+    """
+
+    type: Literal["done"] = "done"
+    finish_reason: Literal["stop", "length", "cancelled", "error"]
+    text: str
+    lore: list[str] = Field(default_factory=list, description="Ids of the lore entries in the prompt for this turn.")
+    tokens: dict[str, int] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(default_factory=dict)
+
+
+class Pong(_Msg):
+    type: Literal["pong"] = "pong"
+
+
+class Ok(_Msg):
+    """Plain success reply (status ``ok``)."""
+
+    type: Literal["ok"] = "ok"
+
+
+class LoreHit(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    entry: str
+    name: str
+    kind: str
+    score: float
+    why: str = Field(description="'key:<key>', 'vector:<similarity>', 'card', 'constant' or 'scene'.")
+    tokens: int
+
+
+class LoreResult(_Msg):
+    type: Literal["lore.result"] = "lore.result"
+    entries: list[LoreHit]
+
+
+class Error(_Msg):
+    """A request failed. ``id`` is the request's id, or ``"?"`` when it could not be read."""
+
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+
+
+Request = Annotated[Union[Hello, Say, Cancel, Reset, Ping, LoreQuery], Field(discriminator="type")]
+Reply = Annotated[Union[Ready, Chunk, Done, Pong, Ok, LoreResult, Error], Field(discriminator="type")]
+Message = Annotated[
+    Union[Hello, Say, Cancel, Reset, Ping, LoreQuery, Ready, Chunk, Done, Pong, Ok, LoreResult, Error],
+    Field(discriminator="type"),
+]
+
+REQUEST_TYPES = frozenset({"hello", "say", "cancel", "reset", "ping", "lore.query"})
+_request_adapter: TypeAdapter[Request] = TypeAdapter(Request)
+_message_adapter: TypeAdapter[Message] = TypeAdapter(Message)
+
+
+class ProtocolError(Exception):
+    """A frame that cannot be turned into a message. ``code`` is an `ErrorCode`; ``id`` the request id if known."""
+
+    def __init__(self, code: str, message: str, request_id: str = "?") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+def encode(msg: BaseModel) -> bytes:
+    """Message -> one msgpack frame (a map with string keys; None-valued fields are omitted)."""
+    return msgpack.packb(msg.model_dump(mode="json", exclude_none=True), use_bin_type=True)
+
+
+def _unpack(frame: bytes, max_bytes: int | None) -> dict:
+    if max_bytes is not None and len(frame) > max_bytes:
+        raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"frame is {len(frame)} bytes, limit is {max_bytes}")
+    try:
+        obj = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"not valid msgpack: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"payload must be a msgpack map, got {type(obj).__name__}")
+    return obj
+
+
+def _validate(adapter: TypeAdapter, obj: dict, known: frozenset[str] | None):
+    rid = obj.get("id") if isinstance(obj.get("id"), str) else "?"
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(ErrorCode.INVALID, "field 'type': required string", rid)
+    if known is not None and kind not in known:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}", rid)
+    version = obj.get("v", PROTOCOL_VERSION)
+    if isinstance(version, int) and version > PROTOCOL_VERSION:
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED_VERSION, f"protocol version {version} not supported (server speaks {PROTOCOL_VERSION})", rid
+        )
+    try:
+        return adapter.validate_python(obj)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"]]
+            if loc and loc[0] == kind:  # drop the discriminator tag pydantic puts first
+                loc = loc[1:]
+            problems.append(f"field '{'.'.join(loc) or '?'}': {err['msg']}")
+        raise ProtocolError(ErrorCode.INVALID, "; ".join(problems), rid) from None
+
+
+def decode_request(frame: bytes, max_bytes: int | None = None) -> Request:
+    """One frame -> a validated client request.
+
+    Raises:
+        ProtocolError: ``frame_too_large``, ``bad_frame``, ``unknown_type``,
+            ``unsupported_version`` or ``invalid`` (naming each bad field).
+    """
+    return _validate(_request_adapter, _unpack(frame, max_bytes), REQUEST_TYPES)
+
+
+def decode(frame: bytes) -> Message:
+    """One frame -> any validated message (requests and replies; used by clients and tests).
+
+    Raises:
+        ProtocolError: as `decode_request`, except an unknown type is ``invalid``.
+    """
+    return _validate(_message_adapter, _unpack(frame, None), None)

