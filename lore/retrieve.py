@@ -135,7 +135,7 @@ class Retriever:
     def tokens(self, entry: LoreEntry) -> int:
         key = (entry.id, hash(entry.text))
         if key not in self._token_cache:
-            self._token_cache[key] = self.count_tokens(render_entry(entry))
+            self._token_cache[key] = self.count_tokens(render_entry(entry, speaker=entry.kind == Kind.npc))
         return self._token_cache[key]
 
     def prefix(self, npc_id: str) -> list[Pick]:
@@ -218,15 +218,22 @@ class Retriever:
         return sel
 
 
-def render_entry(entry: LoreEntry) -> str:
-    """An entry as it appears in a prompt (Markdown-ish, one block)."""
+def render_entry(entry: LoreEntry, speaker: bool = False) -> str:
+    """An entry as it appears in a prompt (Markdown-ish, one block).
+
+    An NPC card shows its ``voice``, ``knows`` and ``hides`` only when that NPC is
+    the `speaker`; another NPC's card shows only its public persona and body, so
+    one NPC's secrets never reach another NPC's prompt.
+    """
     if entry.npc is not None:
         c = entry.npc
-        lines = [f"## {entry.name}", c.persona, f"Voice: {c.voice}"]
-        if c.knows:
-            lines.append("Knows: " + " ".join(c.knows))
-        if c.hides:
-            lines.append("Keeps secret (never reveals directly): " + " ".join(c.hides))
+        lines = [f"## {entry.name}", c.persona]
+        if speaker:
+            lines.append(f"Voice: {c.voice}")
+            if c.knows:
+                lines.append("Knows: " + " ".join(c.knows))
+            if c.hides:
+                lines.append("Keeps secret (never reveals directly): " + " ".join(c.hides))
         if entry.text:
             lines.append(entry.text)
         return "\n".join(lines)

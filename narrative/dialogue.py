@@ -99,7 +99,7 @@ class DialogueEngine:
     def _build_prefix(self, npc_id: str) -> Conversation:
         picks = self.retriever.prefix(npc_id)  # raises UnknownNpc
         npc = picks[0].entry
-        lore = "\n\n".join(render_entry(p.entry) for p in picks)
+        lore = "\n\n".join(render_entry(p.entry, speaker=p.entry.id == npc_id) for p in picks)
         text = SYSTEM_TEMPLATE.format(name=npc.name, lore=lore)
         tokens = self.model.bos() + self.model.tokenize(self.model.format.system(text))
         return Conversation(npc_id=npc_id, prefix_tokens=tokens, prefix_lore=[p.entry.id for p in picks])
