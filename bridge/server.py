@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -52,6 +53,7 @@ class SidecarServer:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
         self.streams: dict[tuple[bytes, str], threading.Event] = {}
         self.tasks: set[asyncio.Task] = set()
+        self.finished: deque[tuple[str, str, int]] = deque(maxlen=256)  # (request id, finish_reason, completion tokens)
         self.bound = asyncio.Event()
         self.endpoint = settings.endpoint
         self._stop = asyncio.Event()
@@ -249,6 +251,7 @@ class SidecarServer:
                 else:
                     await self.send(ident, p.Done(id=msg.id, finish_reason="error", text=""))
                 return
+            self.finished.append((msg.id, result.finish_reason, result.completion_tokens))
             if alive:
                 await self.send(
                     ident,
