@@ -1,0 +1,97 @@
+"""``narrative demo``: the product end to end on the bundled sample world.
+
+1. index ``samples/lore`` into the state dir (only changed files are re-embedded);
+2. start ``narrative serve`` as a child process (a real sidecar on ZeroMQ);
+3. a scripted client talks to two NPCs, three turns each, printing each line as
+   it streams and one line of figures per turn (TTFT, tokens/s, lore used);
+4. stop the sidecar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SCRIPT: dict[str, list[str]] = {
+    "odile-brask": [
+        "Evening. I'm new in Cinderfen. What's good here?",
+        "I heard a Compact barge went missing in the Sedge Maze. Know anything?",
+        "Who would you hire as a guide through the Maze?",
+    ],
+    "hale-corrow": [
+        "Captain, what do the Ashwardens actually do?",
+        "Is it true Vent Nine went cold?",
+        "What would happen if someone jammed the sluices?",
+    ],
+}
+
+
+def _wait_ready(client, proc: subprocess.Popen, timeout_s: float):
+    from bridge.client import SidecarTimeout, new_id
+    from bridge.protocol import Hello
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the sidecar exited with code {proc.returncode} before it was ready (see its log above)")
+        try:
+            return client.request(Hello(id=new_id(), client="demo"), timeout_s=2)
+        except SidecarTimeout:
+            continue
+    raise RuntimeError(f"the sidecar was not ready after {timeout_s:.0f} s")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from bridge.client import SidecarClient
+    from narrative.cli import _figures
+    from narrative.runtime import open_index
+    from narrative.settings import load_settings
+
+    settings = load_settings(getattr(args, "config", None))
+    state_dir = args.state_dir or settings.state_dir
+    settings.state_dir = state_dir
+    print(f"== 1. indexing {args.lore} into {state_dir}", flush=True)
+    t0 = time.perf_counter()
+    index, embedder = open_index(settings)
+    report = index.sync(args.lore, progress=True)
+    for problem in report.problems:
+        print(f"   {problem}")
+    print(f"   {report.summary()} ({len(index.entries)} entries, {len(index.npcs())} NPCs)")
+    del index, embedder
+
+    print(f"== 2. starting the sidecar on {args.endpoint}", flush=True)
+    cmd = [sys.executable, "-m", "narrative.cli", "serve", "--endpoint", args.endpoint, "--lore", str(args.lore), "--state-dir", str(state_dir)]
+    if getattr(args, "config", None):
+        cmd += ["--config", str(args.config)]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        with SidecarClient(args.endpoint, timeout_s=300) as client:
+            ready = _wait_ready(client, proc, 300)
+            print(f"   ready: {ready.server}, models {ready.models}, {len(ready.npcs)} NPCs, n_ctx {ready.limits['n_ctx']}")
+            npcs = args.npcs or list(SCRIPT)
+            print("== 3. conversations", flush=True)
+            for npc in npcs:
+                lines = SCRIPT.get(npc, ["Hello. Who are you?", "What do you do here?", "What worries you these days?"])
+                session = f"demo-{time.time_ns()}"
+                print(f"\n--- {npc} ---")
+                for line in lines:
+                    print(f"player> {line}")
+                    print(f"{npc}> ", end="", flush=True)
+                    for msg in client.say(npc, line, session=session, seed=7):
+                        if msg.type == "chunk":
+                            print(msg.text, end="", flush=True)
+                        else:
+                            print(f"\n   [{_figures(msg)}]")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    print(f"\n== done in {time.perf_counter() - t0:.0f} s")
+    return 0
