@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lore.loader import LoreFile, LoreProblem, load_dir
+from lore.keywords import KeywordIndex
+from lore.loader import LoreFile, LoreFileError, LoreProblem, load_dir, load_file
 from lore.schema import Kind, LoreEntry
 
 log = logging.getLogger(__name__)
@@ -120,19 +121,24 @@ class LoreIndex:
         )
         self.entries: dict[str, LoreEntry] = {}
         self.sources: dict[str, str] = {}  # entry id -> source file
+        self.keywords = KeywordIndex()
+        self.version = 0  # bumped whenever the catalog changes (retrievers cache per version)
         self._load_catalog()
 
     # ---- catalog ---------------------------------------------------------
 
     def _load_catalog(self) -> None:
-        got = self._col.get(include=["metadatas"])
-        self.entries.clear()
-        self.sources.clear()
+        got = self._col.get(where={"seq": 0}, include=["metadatas"])
+        entries: dict[str, LoreEntry] = {}
+        sources: dict[str, str] = {}
         for meta in got["metadatas"] or []:
-            if meta and meta.get("seq") == 0 and "entry" in meta:
+            if meta and "entry" in meta:
                 entry = LoreEntry.model_validate_json(meta["entry"])
-                self.entries[entry.id] = entry
-                self.sources[entry.id] = str(meta["source"])
+                entries[entry.id] = entry
+                sources[entry.id] = str(meta["source"])
+        self.keywords.rebuild(entries.values())
+        self.entries, self.sources = entries, sources  # swapped whole: readers in other threads see old or new
+        self.version += 1
 
     def npcs(self) -> list[LoreEntry]:
         return sorted((e for e in self.entries.values() if e.kind == Kind.npc and not e.disabled), key=lambda e: e.id)
@@ -194,6 +200,75 @@ class LoreIndex:
         self._load_catalog()
         report.seconds = time.perf_counter() - t0
         return report
+
+    def sync_file(self, root: Path, path: Path) -> IndexReport:
+        """Re-index one lore file of the folder `root` (hot reload): O(size of that file), not of the folder.
+
+        A file that no longer exists loses its entries and chunks. A file that
+        fails to load keeps its last good version in service and the problem is
+        returned in ``report.problems``. An entry id already defined by another
+        file is a problem too (the file is not indexed).
+
+        Raises:
+            ValueError: `path` is not inside `root`.
+        """
+        import time
+
+        t0 = time.perf_counter()
+        path = Path(path)
+        rel = path.resolve().relative_to(Path(root).resolve()).as_posix()
+        report = IndexReport()
+        old = self._col.get(where={"source": rel}, include=[])
+        old_ids = set(old["ids"])
+        if not path.exists():
+            if old_ids:
+                self._col.delete(ids=sorted(old_ids))
+                report.deleted = len(old_ids)
+                report.files_removed = 1
+            self._update_catalog(rel, [])
+            report.seconds = time.perf_counter() - t0
+            return report
+        try:
+            lf = load_file(path, Path(root))
+        except LoreFileError as exc:
+            report.problems = exc.problems
+            report.seconds = time.perf_counter() - t0
+            return report
+        clash = [e.id for e in lf.entries if e.id in self.sources and self.sources[e.id] != rel]
+        if clash:
+            report.problems = [LoreProblem(path, 2, f"duplicate id {clash[0]!r}, already defined in {self.sources[clash[0]]}")]
+            report.seconds = time.perf_counter() - t0
+            return report
+        chunks = [(c, e) for e in lf.entries for c in chunk_entry(e, lf.rel, self.chunk_words)]
+        new_ids = {c.id for c, _ in chunks}
+        fresh = [(c, lf, e) for c, e in chunks if c.id not in old_ids]
+        stale = old_ids - new_ids
+        report.skipped = len(new_ids & old_ids)
+        self._upsert(fresh, progress=False)
+        report.added = len(fresh)
+        if stale:
+            self._col.delete(ids=sorted(stale))
+        report.deleted = len(stale)
+        report.files_changed = int(bool(fresh or stale))
+        self._update_catalog(rel, list(lf.entries))
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _update_catalog(self, source: str, entries: list[LoreEntry]) -> None:
+        """Replace the catalog entries of one source file (copy-on-write, then one swap)."""
+        gone = [eid for eid, src in self.sources.items() if src == source]
+        new_entries = dict(self.entries)
+        new_sources = dict(self.sources)
+        for eid in gone:
+            new_entries.pop(eid, None)
+            new_sources.pop(eid, None)
+            self.keywords.remove(eid)
+        for e in entries:
+            new_entries[e.id] = e
+            new_sources[e.id] = source
+            self.keywords.add(e)
+        self.entries, self.sources = new_entries, new_sources
+        self.version += 1
 
     def _upsert(self, items: list[tuple[Chunk, LoreFile, LoreEntry]], progress: bool, batch: int = 32) -> None:
         bar = None

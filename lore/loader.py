@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from lore.schema import LoreEntry
 
 LORE_SUFFIXES = (".md", ".markdown")
+_YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in: ~10x faster on big folders
 SKIPPED_NAMES = {"readme.md", "license.md", "source.md"}
 
 
@@ -86,7 +87,7 @@ def parse_lore_text(text: str, path: Path, default_id: str) -> LoreEntry:
     front = m.group(1)
     body = text[m.end() :].strip()
     try:
-        data = yaml.safe_load(front) or {}
+        data = yaml.load(front, Loader=_YamlLoader) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 2 if mark is not None else 1

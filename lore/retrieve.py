@@ -2,27 +2,48 @@
 
 Two placements (see `lore.schema.Position`):
 
-* the **prefix** of an NPC (stable across turns): its own card, constant entries,
-  ``position: prefix`` entries, and the NPC's location and faction;
-* the **turn**: entries whose keys appear in the player's line (or the last
-  ``scan_depth`` lines), then the nearest chunks by embedding similarity,
-  filled by score into ``token_budget`` tokens. Triggered entries that do not fit
-  are reported in ``dropped``.
+* the **prefix** of an NPC (stable across turns): its own card, its location and
+  faction, ``constant`` entries and ``position: prefix`` entries, filled by
+  priority into ``prefix_budget`` tokens;
+* the **turn**: entries whose keys occur in the player's line or the last
+  ``scan_depth`` earlier lines (SillyTavern World Info semantics: whole words or
+  substrings, case options, ``/regex/flags``, secondary keys with a selective
+  logic, probability, recursion), then the nearest chunks by embedding
+  similarity, filled by priority into ``token_budget`` tokens.
 
-The NPC's knowledge scope (``known_by``) is a hard filter on both.
+The NPC's knowledge scope (``known_by``) is a hard filter on both. Every entry
+that was triggered (or found by similarity) but not used is reported in
+`Selection.dropped` with its reason, so "not triggered" can be told from
+"over budget" (see `lore.explain`).
+
+Order of the turn's budget fill: key-triggered entries first, by insertion order
+(``order``, higher first), then by where the key was found (the player's line,
+then earlier lines, then recursion), then by similarity; then entries found by
+similarity only, best first. An entry that does not fit is dropped and smaller
+ones after it may still fit.
 """
 
 from __future__ import annotations
 
-import re
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from typing import Literal
 
 from lore.index import LoreIndex
-from lore.schema import Kind, LoreEntry, SelectiveLogic
+from lore.keywords import key_in, secondary_ok
+from lore.schema import Kind, LoreEntry
 
 TokenCounter = Callable[[str], int]
+Mode = Literal["hybrid", "keywords", "vectors"]
+
+# reasons an entry is in Selection.dropped
+BUDGET = "budget"  # triggered, but the token budget was full
+SCOPE = "scope"  # the NPC is outside the entry's known_by
+PROBABILITY = "probability"  # the probability roll failed
+RECURSION = "recursion"  # only reachable by recursion, and recursion may not trigger it (or depth limit)
+SECONDARY = "secondary"  # a primary key matched but the secondary keys' logic failed
+DISABLED = "disabled"  # a key matched a disabled entry
 
 
 class UnknownNpc(KeyError):
@@ -31,59 +52,51 @@ class UnknownNpc(KeyError):
 
 @dataclass(frozen=True)
 class Pick:
-    """One selected (or dropped) entry. ``why``: 'card', 'constant', 'scene', 'key:<key>' or 'vector:<sim>'."""
+    """One selected (or dropped) entry.
+
+    ``why``: 'card', 'constant', 'scene', 'prefix', 'key:<key>' or 'vector:<sim>'.
+    ``score``: rank within its list (higher first), not comparable across lists.
+    ``tokens``: the entry's cost in tokens of the dialogue model.
+    ``reason``: for dropped entries, one of budget, scope, probability,
+    recursion, secondary, disabled; '' for selected ones.
+    ``key``: the primary key that matched (None for vector-only hits).
+    ``similarity``: cosine similarity of its best chunk to the line, when it was among the nearest.
+    ``step``: 0 when the conversation triggered it, n when an entry triggered at step n-1 did.
+    ``found_in``: 'line', 'history:<n>' (n lines back), 'recursion:<entry id>', or '' (not by key).
+    """
 
     entry: LoreEntry
     score: float
     why: str
     tokens: int
+    reason: str = ""
+    key: str | None = None
+    similarity: float | None = None
+    step: int = 0
+    found_in: str = ""
 
 
 @dataclass
 class Selection:
+    """The lore of one turn. ``budget`` and ``used`` are tokens of the turn's lore."""
+
     prefix: list[Pick] = field(default_factory=list)
     turn: list[Pick] = field(default_factory=list)
     dropped: list[Pick] = field(default_factory=list)
+    budget: int = 0
+    used: int = 0
 
     @property
     def ids(self) -> list[str]:
         return [p.entry.id for p in self.prefix + self.turn]
 
 
-@lru_cache(maxsize=8192)
-def _key_regex(key: str) -> re.Pattern[str]:
-    if len(key) > 2 and key.startswith("/") and key.rfind("/") > 0:
-        end = key.rfind("/")
-        flags = re.IGNORECASE if "i" in key[end + 1 :] else 0
-        return re.compile(key[1:end], flags)
-    return re.compile(rf"(?<!\w){re.escape(key)}(?!\w)", re.IGNORECASE)
-
-
-def key_match(keys: Sequence[str], text: str) -> str | None:
-    """The first key found in `text` (whole words, case-insensitive; ``/re/flags`` as a regex), or None."""
-    for key in keys:
-        if key and _key_regex(key).search(text):
-            return key
-    return None
-
-
-def secondary_ok(entry: LoreEntry, text: str) -> bool:
-    """Apply ``selective_logic`` over ``secondary_keys`` (SillyTavern semantics); True when there are none."""
-    if not entry.secondary_keys:
-        return True
-    hits = [bool(_key_regex(k).search(text)) for k in entry.secondary_keys if k]
-    logic = entry.selective_logic
-    if logic == SelectiveLogic.and_any:
-        return any(hits)
-    if logic == SelectiveLogic.and_all:
-        return all(hits)
-    if logic == SelectiveLogic.not_any:
-        return not any(hits)
-    return not all(hits)  # not_all
-
-
 def knows(npc: LoreEntry, entry: LoreEntry) -> bool:
-    """Scope filter: may `npc` know `entry`? Empty ``known_by`` is common knowledge."""
+    """Scope filter: may `npc` know `entry`? Empty ``known_by`` is common knowledge.
+
+    ``known_by`` names NPC ids, faction ids or tags; the NPC matches by its id,
+    its ``npc.faction`` and its ``tags``.
+    """
     if not entry.known_by or entry.id == npc.id:
         return True
     scope = {npc.id, *npc.tags}
@@ -92,17 +105,48 @@ def knows(npc: LoreEntry, entry: LoreEntry) -> bool:
     return bool(scope & set(entry.known_by))
 
 
+def key_match(keys: Sequence[str], text: str) -> str | None:
+    """The first of `keys` found in `text` with default options (whole words, case-insensitive), or None."""
+    probe = LoreEntry(id="probe", kind=Kind.lore, name="probe")
+    for key in keys:
+        if key_in(probe, key, text):
+            return key
+    return None
+
+
+def roll(npc_id: str, line: str, entry: LoreEntry) -> bool:
+    """The probability roll of a triggered entry: deterministic per (NPC, line, entry), so `lore why` reproduces a turn."""
+    if entry.probability >= 100:
+        return True
+    if entry.probability <= 0:
+        return False
+    h = int.from_bytes(hashlib.blake2b(f"{npc_id}\0{line}\0{entry.id}".encode(), digest_size=4).digest(), "big")
+    return h % 100 < entry.probability
+
+
+def _delay(entry: LoreEntry) -> int:
+    """The first recursion step at which the entry may trigger (0: any time)."""
+    d = entry.delay_until_recursion
+    if d is True:
+        return 1
+    if d is False or d is None:
+        return 0
+    return max(0, int(d))
+
+
 class Retriever:
     """Hybrid lore selection over a `LoreIndex`.
 
     Args:
-        index: the lore index (catalog + vector store).
+        index: the lore index (catalog + keyword index + vector store).
         count_tokens: the dialogue model's token counter (tokens of a string).
-        token_budget: tokens of per-turn lore (entries over it are dropped, lowest score first).
-        prefix_budget: tokens of static lore in an NPC's prefix.
+        token_budget: tokens of per-turn lore (entries over it are dropped, reason ``budget``).
+        prefix_budget: tokens of static lore in an NPC's prefix, besides its card.
         vector_k: nearest chunks fetched per turn.
         min_similarity: vector hits below this cosine similarity are ignored.
-        scan_depth: earlier player lines scanned for keys.
+        scan_depth: earlier lines scanned for keys (an entry's own ``scan_depth`` overrides it).
+        max_recursion: recursion steps (entries triggered by the text of triggered
+            entries); 0 disables recursion. SillyTavern's "Max Recursion Steps".
     """
 
     def __init__(
@@ -114,6 +158,7 @@ class Retriever:
         vector_k: int = 8,
         min_similarity: float = 0.0,
         scan_depth: int = 2,
+        max_recursion: int = 2,
     ) -> None:
         self.index = index
         self.count_tokens = count_tokens
@@ -122,7 +167,10 @@ class Retriever:
         self.vector_k = vector_k
         self.min_similarity = min_similarity
         self.scan_depth = scan_depth
-        self._token_cache: dict[tuple[str, int], int] = {}
+        self.max_recursion = max_recursion
+        self._token_cache: dict[tuple[str, int, bool], int] = {}
+        self._prefix_cache: dict[str, tuple[list[Pick], list[Pick]]] = {}
+        self._prefix_version = -1
 
     def npc(self, npc_id: str) -> LoreEntry:
         """The NPC's card. Raises `UnknownNpc`."""
@@ -132,19 +180,32 @@ class Retriever:
             raise UnknownNpc(f"unknown NPC {npc_id!r} (known: {known})")
         return entry
 
-    def tokens(self, entry: LoreEntry) -> int:
-        key = (entry.id, hash(entry.text))
+    def tokens(self, entry: LoreEntry, speaker: bool = False) -> int:
+        """Tokens of the entry as rendered into a prompt (`render_entry`), cached per entry text."""
+        key = (entry.id, hash((entry.name, entry.text, entry.npc.model_dump_json() if entry.npc else "")), speaker)
         if key not in self._token_cache:
-            self._token_cache[key] = self.count_tokens(render_entry(entry, speaker=entry.kind == Kind.npc))
+            self._token_cache[key] = self.count_tokens(render_entry(entry, speaker=speaker))
         return self._token_cache[key]
+
+    # ---- prefix ----------------------------------------------------------
 
     def prefix(self, npc_id: str) -> list[Pick]:
         """Static lore for the NPC's stable prefix: card, scene (location, faction), constant and prefix entries.
 
-        Deterministic for a given index, so the prefix stays byte-stable across turns.
+        Deterministic for a given index (ties broken by id), so the prefix stays
+        byte-stable across turns; cached until the index changes.
+
+        Raises:
+            UnknownNpc: `npc_id` is not an NPC in the index.
         """
+        if self._prefix_version != self.index.version:
+            self._prefix_cache = {}
+            self._prefix_version = self.index.version
+        cached = self._prefix_cache.get(npc_id)
+        if cached is not None:
+            return list(cached[0])
         npc = self.npc(npc_id)
-        picks = [Pick(npc, 1e9, "card", self.tokens(npc))]
+        picks = [Pick(npc, 1e9, "card", self.tokens(npc, speaker=True))]
         scene = [x for x in (npc.npc.location, npc.npc.faction) if x] if npc.npc else []
         candidates: list[tuple[float, str, LoreEntry]] = []
         for eid in scene:
@@ -160,62 +221,180 @@ class Retriever:
                 candidates.append((e.order, "prefix", e))
         candidates.sort(key=lambda c: (-c[0], c[2].id))
         used = 0
+        over: list[Pick] = []
         for score, why, e in candidates:
             t = self.tokens(e)
             if used + t > self.prefix_budget:
+                over.append(Pick(e, score, why, t, BUDGET))
                 continue
             used += t
             picks.append(Pick(e, score, why, t))
-        return picks
+        self._prefix_cache[npc_id] = (picks, over)
+        return list(picks)
 
-    def select(self, npc_id: str, line: str, history: Sequence[str] = (), exclude: set[str] | None = None) -> Selection:
+    def prefix_dropped(self, npc_id: str) -> list[Pick]:
+        """Prefix-placed entries (scene, constant, ``position: prefix``) that did not fit ``prefix_budget`` (reason ``budget``)."""
+        self.prefix(npc_id)
+        return list(self._prefix_cache[npc_id][1])
+
+    @staticmethod
+    def prefix_placed(entry: LoreEntry) -> bool:
+        """Whether the entry belongs in a prefix (constant or ``position: prefix``), never in a turn."""
+        return entry.constant or (entry.position.value == "prefix" and entry.kind != Kind.npc)
+
+    # ---- turn ------------------------------------------------------------
+
+    def _max_scan_depth(self) -> int:
+        if getattr(self, "_depth_version", None) != self.index.version:
+            self._depth = max((e.scan_depth or 0 for e in self.index.entries.values()), default=0)
+            self._depth_version = self.index.version
+        return self._depth
+
+    def select(
+        self,
+        npc_id: str,
+        line: str,
+        history: Sequence[str] = (),
+        exclude: set[str] | None = None,
+        mode: Mode = "hybrid",
+    ) -> Selection:
         """Select lore for one turn.
 
         Args:
             npc_id: who is spoken to.
             line: the player's line.
-            history: earlier player lines, oldest first (the last ``scan_depth`` are scanned for keys).
-            exclude: entry ids already in the conversation (not injected again).
+            history: earlier lines of the conversation, oldest first (the last
+                ``scan_depth`` are scanned for keys).
+            exclude: entry ids already in the conversation (not injected again, not reported).
+            mode: ``hybrid`` (default), or ``keywords`` / ``vectors`` only (for benchmarks and explain).
 
         Raises:
             UnknownNpc: `npc_id` is not an NPC in the index.
         """
         npc = self.npc(npc_id)
-        sel = Selection(prefix=self.prefix(npc_id))
-        skip = set(exclude or ()) | {p.entry.id for p in sel.prefix}
-        recent = "\n".join(list(history)[-self.scan_depth :]) if self.scan_depth else ""
-        scores: dict[str, tuple[float, str]] = {}
-        for e in self.index.entries.values():
-            if e.disabled or e.id in skip or not knows(npc, e):
-                continue
-            hit = key_match(e.all_keys(), line)
-            where = 2.0
-            if hit is None and recent:
-                hit = key_match(e.all_keys(), recent)
-                where = 1.0
-            if hit is not None and secondary_ok(e, line + "\n" + recent):
-                scores[e.id] = (where + e.order / 10000, f"key:{hit}")
-        for eid, sim in self.index.nearest(line, self.vector_k):
-            e = self.index.entries.get(eid)
-            if e is None or e.disabled or eid in skip or not knows(npc, e) or sim < self.min_similarity:
-                continue
-            if eid in scores:
-                s, why = scores[eid]
-                scores[eid] = (s + sim, why)
+        sel = Selection(prefix=self.prefix(npc_id), budget=self.token_budget)
+        over = self.prefix_dropped(npc_id)
+        skip = set(exclude or ()) | {p.entry.id for p in sel.prefix} | {p.entry.id for p in over}
+        entries = self.index.entries
+        found: dict[str, Pick] = {}  # entry id -> triggered pick (before budget)
+        dropped: dict[str, Pick] = {}
+
+        def drop(e: LoreEntry, why: str, reason: str, **kw) -> None:
+            if e.id not in dropped and e.id not in found:
+                dropped[e.id] = Pick(e, 0.0, why, self.tokens(e), reason, **kw)
+
+        if mode != "vectors":
+            self._trigger(npc, line, list(history), skip, found, drop)
+
+        if mode != "keywords" and self.vector_k > 0:
+            for eid, sim in self.index.nearest(line, self.vector_k):
+                e = entries.get(eid)
+                if e is None or eid in skip or e.disabled or sim < self.min_similarity or self.prefix_placed(e):
+                    continue
+                if eid in found:
+                    p = found[eid]
+                    found[eid] = Pick(p.entry, p.score, p.why, p.tokens, key=p.key, similarity=sim, step=p.step, found_in=p.found_in)
+                    continue
+                if eid in dropped:
+                    continue
+                if not knows(npc, e):
+                    drop(e, f"vector:{sim:.3f}", SCOPE, similarity=sim)
+                    continue
+                found[eid] = Pick(e, sim, f"vector:{sim:.3f}", self.tokens(e), similarity=sim)
+
+        def rank(p: Pick) -> tuple:
+            if p.key is not None:
+                where = 0 if p.found_in == "line" else 1 if p.found_in.startswith("history") else 2
+                return (0, -p.entry.order, p.step, where, -(p.similarity or 0.0), p.entry.id)
+            return (1, 0, 0, 0, -(p.similarity or 0.0), p.entry.id)
+
+        ranked = sorted(found.values(), key=rank)
+        n = len(ranked)
+        for i, p in enumerate(ranked):
+            p = Pick(p.entry, float(n - i), p.why, p.tokens, "", p.key, p.similarity, p.step, p.found_in)
+            if sel.used + p.tokens <= self.token_budget:
+                sel.used += p.tokens
+                sel.turn.append(p)
             else:
-                scores[eid] = (sim, f"vector:{sim:.3f}")
-        ranked = sorted(scores.items(), key=lambda kv: (-kv[1][0], kv[0]))
-        used = 0
-        for eid, (score, why) in ranked:
-            e = self.index.entries[eid]
-            t = self.tokens(e)
-            pick = Pick(e, score, why, t)
-            if used + t <= self.token_budget:
-                used += t
-                sel.turn.append(pick)
-            elif why.startswith("key:"):
-                sel.dropped.append(pick)  # triggered but over budget: reported, not silently lost
+                sel.dropped.append(Pick(p.entry, p.score, p.why, p.tokens, BUDGET, p.key, p.similarity, p.step, p.found_in))
+        sel.dropped.extend(sorted(dropped.values(), key=lambda p: (p.reason, p.entry.id)))
+        sel.dropped.extend(over)
         return sel
+
+    def _trigger(self, npc: LoreEntry, line: str, history: list[str], skip: set[str], found: dict[str, Pick], drop) -> None:
+        """Keyword triggers over the conversation, then recursion over triggered entries' text."""
+        entries = self.index.entries
+        kw = self.index.keywords
+        depth = max(self.scan_depth, self._max_scan_depth())
+        texts = [line] + [history[-d] for d in range(1, min(depth, len(history)) + 1)]
+        hits: dict[str, tuple[str, int]] = {}  # entry id -> (key, lines back)
+        for back, text in enumerate(texts):
+            for eid, key in kw.match(text).items():
+                if eid not in hits:
+                    hits[eid] = (key, back)
+
+        def window(e: LoreEntry) -> str:
+            d = self.scan_depth if e.scan_depth is None else e.scan_depth
+            return "\n".join(texts[: d + 1])
+
+        def consider(e: LoreEntry, key: str, step: int, found_in: str, extra: str) -> bool:
+            """True when the entry is activated (added to `found`)."""
+            why = f"key:{key}"
+            if e.disabled:
+                drop(e, why, DISABLED, key=key, step=step, found_in=found_in)
+                return False
+            if not knows(npc, e):
+                drop(e, why, SCOPE, key=key, step=step, found_in=found_in)
+                return False
+            if not secondary_ok(e, window(e) + "\n" + extra):
+                drop(e, why, SECONDARY, key=key, step=step, found_in=found_in)
+                return False
+            if step < _delay(e):
+                drop(e, why, RECURSION, key=key, step=step, found_in=found_in)
+                return False
+            if step > 0 and e.exclude_recursion:
+                drop(e, why, RECURSION, key=key, step=step, found_in=found_in)
+                return False
+            if not roll(npc.id, line, e):
+                drop(e, why, PROBABILITY, key=key, step=step, found_in=found_in)
+                return False
+            found[e.id] = Pick(e, 0.0, why, self.tokens(e), key=key, step=step, found_in=found_in)
+            return True
+
+        new: list[LoreEntry] = []
+        for eid, (key, back) in sorted(hits.items()):
+            e = entries.get(eid)
+            if e is None or eid in skip or self.prefix_placed(e):
+                continue
+            d = self.scan_depth if e.scan_depth is None else e.scan_depth
+            if back > d:
+                continue
+            if consider(e, key, 0, "line" if back == 0 else f"history:{back}", ""):
+                new.append(e)
+
+        step = 0
+        buffer = ""
+        while new:
+            step += 1
+            sources = [e for e in new if not e.prevent_recursion]
+            new = []
+            if not sources:
+                break
+            for src in sources:
+                text = src.text
+                buffer += "\n" + text
+                for eid, key in sorted(kw.match(text).items()):
+                    e = entries.get(eid)
+                    if e is None or eid in skip or eid in found or self.prefix_placed(e):
+                        continue
+                    if step > self.max_recursion:
+                        if not e.disabled and knows(npc, e):
+                            drop(e, f"key:{key}", RECURSION, key=key, step=step, found_in=f"recursion:{src.id}")
+                        continue
+                    if consider(e, key, step, f"recursion:{src.id}", buffer):
+                        new.append(e)
+            if step > self.max_recursion:
+                break
 
 
 def render_entry(entry: LoreEntry, speaker: bool = False) -> str:

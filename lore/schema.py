@@ -85,6 +85,14 @@ class LoreEntry(BaseModel):
     order: int = Field(default=100, description="Insertion order / priority: higher is kept first when the token budget is short.")
     position: Position = Position.turn
     known_by: list[str] = Field(default_factory=list, description="Knowledge scope: NPC ids, faction ids or tags that know this; empty means common knowledge.")
+    name_is_key: bool = Field(default=True, description="Whether the entry's name also triggers it as a primary key (imported SillyTavern entries: false).")
+    case_sensitive: bool | None = Field(default=None, description="Keys match case-sensitively (SillyTavern caseSensitive); None uses the retriever default (false).")
+    match_whole_words: bool | None = Field(default=None, description="Plain keys match whole words only (SillyTavern matchWholeWords); None uses the retriever default (true).")
+    probability: int = Field(default=100, ge=0, le=100, description="Percent chance that a triggered entry is inserted (SillyTavern probability); rolled deterministically per (NPC, line, entry).")
+    exclude_recursion: bool = Field(default=False, description="Cannot be triggered by the text of other triggered entries (SillyTavern excludeRecursion).")
+    prevent_recursion: bool = Field(default=False, description="Its text does not trigger other entries (SillyTavern preventRecursion).")
+    delay_until_recursion: bool | int = Field(default=False, description="Can only be triggered during recursion; an int n means at recursion step n or later (SillyTavern delayUntilRecursion).")
+    scan_depth: int | None = Field(default=None, ge=0, description="Earlier lines scanned for this entry's keys; None uses the retriever's scan_depth (SillyTavern scanDepth).")
     tags: list[str] = Field(default_factory=list)
     npc: NpcCard | None = Field(default=None, description="Required when kind is npc.")
     text: str = Field(default="", description="The Markdown body.")
@@ -100,10 +108,10 @@ class LoreEntry(BaseModel):
     @classmethod
     def _check_regex(cls, v: list[str]) -> list[str]:
         for key in v:
-            if len(key) > 2 and key.startswith("/") and key.rfind("/") > 0:
-                pattern = key[1 : key.rfind("/")]
+            parsed = parse_regex_key(key)
+            if parsed is not None:
                 try:
-                    re.compile(pattern)
+                    re.compile(parsed[0], regex_flags(parsed[1]))
                 except re.error as exc:
                     raise ValueError(f"bad regex key {key!r}: {exc}") from exc
         return v
@@ -117,8 +125,34 @@ class LoreEntry(BaseModel):
         return self
 
     def all_keys(self) -> list[str]:
-        """Primary keys plus the entry's name, de-duplicated, in order."""
+        """Primary keys plus the entry's name (when ``name_is_key``), de-duplicated, in order."""
         seen: dict[str, None] = {}
-        for k in [self.name, *self.keys]:
-            seen.setdefault(k, None)
+        for k in ([self.name] if self.name_is_key else []) + self.keys:
+            if k:
+                seen.setdefault(k, None)
         return list(seen)
+
+
+_REGEX_KEY = re.compile(r"^/([\w\W]+?)/([gimsuy]*)$")
+
+
+def parse_regex_key(key: str) -> tuple[str, str] | None:
+    """``/pattern/flags`` -> (pattern, flags), or None for a plain key.
+
+    Same rule as SillyTavern's ``parseRegexFromString``: a key is a regex when it
+    is ``/.../`` followed only by JavaScript flag letters (g, i, m, s, u, y).
+    """
+    m = _REGEX_KEY.match(key)
+    return (m.group(1), m.group(2)) if m else None
+
+
+def regex_flags(flags: str) -> int:
+    """JavaScript regex flags -> Python ``re`` flags (``g``, ``u``, ``y`` have no Python meaning and are ignored)."""
+    out = 0
+    if "i" in flags:
+        out |= re.IGNORECASE
+    if "m" in flags:
+        out |= re.MULTILINE
+    if "s" in flags:
+        out |= re.DOTALL
+    return out

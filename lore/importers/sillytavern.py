@@ -1,0 +1,501 @@
+"""Import SillyTavern World Info and character cards into lore files, and export them back.
+
+Formats read (detected from the content, not the file name):
+
+* **World Info** JSON, SillyTavern's lorebook file: ``{"entries": {"0": {uid, key,
+  keysecondary, comment, content, constant, selective, selectiveLogic, order,
+  position, disable, excludeRecursion, preventRecursion, delayUntilRecursion,
+  probability, useProbability, scanDepth, caseSensitive, matchWholeWords, ...}}}``
+  (https://docs.sillytavern.app/usage/core-concepts/worldinfo/); ``entries`` may
+  also be a list.
+* **Character Card V2** (``spec: chara_card_v2``,
+  https://github.com/malfoyslastname/character-card-spec-v2) and **V3**
+  (``spec: chara_card_v3``, https://github.com/kwaroran/character-card-spec-v3),
+  as JSON, as a PNG with the card base64-encoded in a ``ccv3`` or ``chara``
+  ``tEXt``/``iTXt`` chunk (``ccv3`` preferred), or as a CHARX zip (``card.json``
+  inside). A V1 card (fields at the root, no ``spec``) is read as V2.
+
+Mapping (one Markdown file with YAML front matter per entry; see `lore.schema`):
+
+* each World Info / character book entry -> one ``kind: lore`` entry: ``key`` /
+  ``keys`` -> ``keys``; ``keysecondary`` / ``secondary_keys`` (array, or a comma
+  string) -> ``secondary_keys`` when ``selective`` is on; ``selectiveLogic``
+  (0 AND ANY, 1 NOT ALL, 2 NOT ANY, 3 AND ALL) -> ``selective_logic``;
+  ``constant``; ``disable`` / ``!enabled`` -> ``disabled``; ``order`` /
+  ``insertion_order`` -> ``order``; ``probability`` (when ``useProbability``);
+  ``excludeRecursion`` / ``preventRecursion`` / ``delayUntilRecursion``;
+  ``scanDepth``; ``caseSensitive``; ``matchWholeWords``; ``comment`` (or the first
+  key) -> ``name`` (with ``name_is_key: false``); ``content`` -> the body. V3
+  ``use_regex: true`` wraps each key as ``/key/``.
+* a character -> a ``kind: npc`` entry: ``description`` -> ``npc.persona``,
+  ``personality`` and ``mes_example`` -> ``npc.voice``, ``first_mes`` ->
+  ``npc.greeting``, ``scenario`` -> the body. Its character book's entries get
+  ``known_by: [<character id>]``: in SillyTavern a character's book is active only
+  in that character's chats.
+
+Nothing is lost: the original object (entry, card minus its book's entries, book
+settings) is kept verbatim under ``st:`` in the front matter (the schema allows
+extra fields), and `export_world_info` starts from it, overriding only the
+mapped fields, so an untouched import exports to the same JSON values.
+
+Not mapped (kept under ``st:`` only, because the sidecar has no equivalent):
+``position`` (before/after character, author's note, @depth: placement here is
+``prefix`` for constant entries and ``turn`` for the rest), ``depth``, ``role``,
+inclusion ``group`` / ``groupOverride`` / ``groupWeight`` / ``useGroupScoring``,
+timed effects ``sticky`` / ``cooldown`` / ``delay``, ``automationId``,
+``vectorized``, ``match*`` (persona/description/scenario matching),
+``triggers``, ``characterFilter``, the card's ``system_prompt``,
+``post_history_instructions``, ``alternate_greetings``, ``group_only_greetings``,
+``creator_notes``, ``assets`` and avatar images; ``{{char}}`` / ``{{user}}``
+macros are kept verbatim in the text.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lore.schema import LoreEntry, parse_regex_key
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+LOGIC_FROM_ST = {0: "and_any", 1: "not_all", 2: "not_any", 3: "and_all"}
+LOGIC_TO_ST = {v: k for k, v in LOGIC_FROM_ST.items()}
+BOOK_FILE = "_book.yaml"
+
+
+class ImportError_(ValueError):
+    """A file that is not a World Info file or a character card (message names the file and why)."""
+
+
+@dataclass
+class ImportResult:
+    """What one source file produced. ``entries`` counts lore entries (the NPC card excluded)."""
+
+    source: Path
+    kind: str  # world_info | card_v1 | card_v2 | card_v3
+    folder: Path
+    files: list[Path] = field(default_factory=list)
+    entries: int = 0
+    npc: str | None = None
+
+
+# ---- reading sources -------------------------------------------------------
+
+
+def png_text_chunks(data: bytes) -> dict[str, str]:
+    """The ``tEXt``, ``zTXt`` and ``iTXt`` chunks of a PNG as keyword -> text (PNG spec, section 11.3.4).
+
+    Raises:
+        ImportError_: not a PNG, or a truncated chunk.
+    """
+    if not data.startswith(PNG_SIGNATURE):
+        raise ImportError_("not a PNG file (bad signature)")
+    out: dict[str, str] = {}
+    pos = len(PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        ctype = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        if len(body) != length:
+            raise ImportError_(f"truncated PNG chunk {ctype!r} at byte {pos}")
+        pos += 12 + length
+        if ctype == b"tEXt":
+            key, _, text = body.partition(b"\0")
+            out[key.decode("latin-1")] = text.decode("latin-1")
+        elif ctype == b"zTXt":
+            key, _, rest = body.partition(b"\0")
+            out[key.decode("latin-1")] = zlib.decompress(rest[1:]).decode("latin-1")
+        elif ctype == b"iTXt":
+            key, _, rest = body.partition(b"\0")
+            compressed, rest = rest[0], rest[2:]
+            _lang, _, rest = rest.partition(b"\0")
+            _translated, _, text = rest.partition(b"\0")
+            out[key.decode("latin-1")] = (zlib.decompress(text) if compressed else text).decode("utf-8")
+        elif ctype == b"IEND":
+            break
+    return out
+
+
+def png_with_text(png: bytes, chunks: dict[str, str]) -> bytes:
+    """`png` with ``tEXt`` chunks added before ``IEND`` (how SillyTavern writes a card into its avatar)."""
+    if not png.startswith(PNG_SIGNATURE):
+        raise ImportError_("not a PNG file (bad signature)")
+    end = png.rfind(b"IEND") - 4
+    extra = b""
+    for key, text in chunks.items():
+        body = key.encode("latin-1") + b"\0" + text.encode("latin-1")
+        extra += struct.pack(">I", len(body)) + b"tEXt" + body + struct.pack(">I", zlib.crc32(b"tEXt" + body) & 0xFFFFFFFF)
+    return png[:end] + extra + png[end:]
+
+
+def read_source(path: Path) -> tuple[str, dict]:
+    """Read a World Info file or a card (JSON, PNG, CHARX) -> (kind, the JSON object).
+
+    kind is ``world_info``, ``card_v1``, ``card_v2`` or ``card_v3``.
+
+    Raises:
+        ImportError_: unreadable, not JSON, or neither format (the message says which).
+    """
+    raw = path.read_bytes()
+    if raw.startswith(PNG_SIGNATURE):
+        chunks = png_text_chunks(raw)
+        text = chunks.get("ccv3") or chunks.get("chara")
+        if text is None:
+            raise ImportError_(f"{path}: PNG has no 'ccv3' or 'chara' text chunk (not a character card)")
+        try:
+            obj = json.loads(base64.b64decode(text).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ImportError_(f"{path}: the card chunk is not base64 JSON: {exc}") from None
+    elif raw.startswith(b"PK\x03\x04"):
+        with zipfile.ZipFile(path) as z:
+            if "card.json" not in z.namelist():
+                raise ImportError_(f"{path}: CHARX zip without card.json")
+            obj = json.loads(z.read("card.json").decode("utf-8"))
+    else:
+        try:
+            obj = json.loads(raw.decode("utf-8-sig"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ImportError_(f"{path}: not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ImportError_(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    spec = obj.get("spec")
+    if spec == "chara_card_v3":
+        return "card_v3", obj
+    if spec == "chara_card_v2":
+        return "card_v2", obj
+    if "entries" in obj and isinstance(obj["entries"], (dict, list)):
+        return "world_info", obj
+    if "name" in obj and ("description" in obj or "first_mes" in obj):
+        return "card_v1", {"spec": "chara_card_v1", "data": obj}
+    raise ImportError_(f"{path}: neither a World Info file (no 'entries') nor a character card (no 'spec' chara_card_v2/v3)")
+
+
+# ---- helpers -----------------------------------------------------------------
+
+
+def slug(text: str, limit: int = 40) -> str:
+    """A lore id fragment: lower-case ASCII letters, digits and '-' (max `limit` chars)."""
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")
+    return s or "x"
+
+
+def _keys(v: Any) -> list[str]:
+    """Keys as a list: tolerate a comma string (seen in V2 exports) and None."""
+    if v is None:
+        return []
+    if isinstance(v, str):
+        return [k.strip() for k in v.split(",") if k.strip()]
+    return [str(k) for k in v if str(k).strip()]
+
+
+def _first(*vals: Any) -> Any:
+    for v in vals:
+        if v is not None:
+            return v
+    return None
+
+
+def _wi_entries(obj: dict) -> list[dict]:
+    ents = obj["entries"]
+    if isinstance(ents, dict):
+        return [e for e in ents.values() if isinstance(e, dict)]
+    return [e for e in ents if isinstance(e, dict)]
+
+
+def _entry_fields(e: dict, book: bool) -> dict:
+    """Map one World Info entry (book=False) or character book entry (book=True) onto our schema's fields."""
+    ext = (e.get("extensions") or {}) if book else {}
+    if book:
+        keys = _keys(e.get("keys"))
+        if e.get("use_regex"):
+            keys = [k if parse_regex_key(k) else f"/{k}/" for k in keys]
+        secondary = _keys(e.get("secondary_keys"))
+        logic = ext.get("selectiveLogic", 0)
+        disabled = not e.get("enabled", True)
+        order = e.get("insertion_order", 100)
+        use_prob = ext.get("useProbability", True)
+        prob = ext.get("probability")
+        excl, prev, delay = ext.get("exclude_recursion"), ext.get("prevent_recursion"), ext.get("delay_until_recursion")
+        scan, case, whole = ext.get("scan_depth"), _first(e.get("case_sensitive"), ext.get("case_sensitive")), ext.get("match_whole_words")
+    else:
+        keys = _keys(e.get("key"))
+        secondary = _keys(e.get("keysecondary"))
+        logic = e.get("selectiveLogic", 0)
+        disabled = bool(e.get("disable", False))
+        order = e.get("order", 100)
+        use_prob = e.get("useProbability", True)
+        prob = e.get("probability")
+        excl, prev, delay = e.get("excludeRecursion"), e.get("preventRecursion"), e.get("delayUntilRecursion")
+        scan, case, whole = e.get("scanDepth"), e.get("caseSensitive"), e.get("matchWholeWords")
+    out: dict[str, Any] = {
+        "kind": "lore",
+        "name": (str(e.get("comment") or e.get("name") or "").strip().splitlines() or [""])[0][:120] or (keys[0] if keys else "untitled entry"),
+        "name_is_key": False,
+        "keys": keys,
+    }
+    if e.get("selective", True) and secondary:
+        out["secondary_keys"] = secondary
+        out["selective_logic"] = LOGIC_FROM_ST.get(int(logic or 0), "and_any")
+    out["constant"] = bool(e.get("constant", False))
+    out["disabled"] = disabled
+    try:
+        out["order"] = int(order if order is not None else 100)
+    except (TypeError, ValueError):
+        out["order"] = 100
+    if use_prob and prob is not None and int(prob) < 100:
+        out["probability"] = max(0, int(prob))
+    if excl:
+        out["exclude_recursion"] = True
+    if prev:
+        out["prevent_recursion"] = True
+    if delay:
+        out["delay_until_recursion"] = delay if isinstance(delay, int) and not isinstance(delay, bool) else True
+    if isinstance(scan, int) and not isinstance(scan, bool):
+        out["scan_depth"] = scan
+    if isinstance(case, bool):
+        out["case_sensitive"] = case
+    if isinstance(whole, bool):
+        out["match_whole_words"] = whole
+    return out
+
+
+def _dump(front: dict, body: str) -> str:
+    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=100) + "---\n" + body + ("\n" if body else "")
+
+
+def _write_entry(folder: Path, eid: str, front: dict, content: str, st: dict) -> Path:
+    if content != content.strip():
+        st["content"] = content  # exact whitespace, for a lossless export
+    front = {"id": eid, **front, "st": st}
+    LoreEntry.model_validate({**front, "text": content.strip()})  # fail here, not at load time
+    path = folder / f"{eid}.md"
+    path.write_text(_dump(front, content.strip()), encoding="utf-8")
+    return path
+
+
+def _book_entries(folder: Path, prefix: str, entries: list[dict], book: bool, fmt: str, source: str, known_by: list[str]) -> list[Path]:
+    files = []
+    width = max(3, len(str(len(entries))))
+    for i, e in enumerate(entries):
+        front = _entry_fields(e, book)
+        if known_by:
+            front["known_by"] = list(known_by)
+        eid = f"{prefix}-{i:0{width}d}-{slug(front['name'], 32)}"
+        st = {"format": fmt, "file": source, "index": i, "entry": {k: v for k, v in e.items() if k != "content"}}
+        files.append(_write_entry(folder, eid, front, str(e.get("content") or ""), st))
+    return files
+
+
+# ---- import --------------------------------------------------------------------
+
+
+def import_file(path: Path, into: Path) -> ImportResult:
+    """Convert one World Info file or character card into lore files under `into`/<slug>/.
+
+    Returns:
+        What was written; ``entries`` counts lorebook entries (equal to the source's entry count).
+
+    Raises:
+        ImportError_: not a recognised format.
+        pydantic.ValidationError: an entry cannot be represented (e.g. a regex key Python cannot compile).
+    """
+    path = Path(path)
+    kind, obj = read_source(path)
+    base = path.name.split(".")[0]
+    if kind == "world_info":
+        prefix = slug(path.name.removesuffix(".json"))
+        folder = Path(into) / prefix
+        folder.mkdir(parents=True, exist_ok=True)
+        entries = _wi_entries(obj)
+        book = {k: v for k, v in obj.items() if k != "entries"}
+        (folder / BOOK_FILE).write_text(
+            yaml.safe_dump({"format": "world_info", "file": path.name, "book": book}, sort_keys=False, allow_unicode=True), encoding="utf-8"
+        )
+        files = _book_entries(folder, prefix, entries, False, "world_info", path.name, [])
+        return ImportResult(path, kind, folder, files, len(files))
+
+    data = obj.get("data") if isinstance(obj.get("data"), dict) else obj
+    name = str(data.get("name") or base)
+    npc_id = slug(name)
+    folder = Path(into) / npc_id
+    folder.mkdir(parents=True, exist_ok=True)
+    book = data.get("character_book") if isinstance(data.get("character_book"), dict) else None
+    card = json.loads(json.dumps(obj))  # deep copy
+    cdata = card.get("data") if isinstance(card.get("data"), dict) else card
+    if book is not None:
+        cdata["character_book"] = {k: v for k, v in book.items() if k != "entries"}
+    voice = "\n\n".join(s for s in (str(data.get("personality") or "").strip(), str(data.get("mes_example") or "").strip()) if s)
+    persona = str(data.get("description") or "").strip() or str(data.get("personality") or "").strip() or name
+    npc: dict[str, Any] = {"persona": persona, "voice": voice}
+    if data.get("first_mes"):
+        npc["greeting"] = str(data["first_mes"])
+    front = {"kind": "npc", "name": name, "npc": npc}
+    scenario = str(data.get("scenario") or "")
+    files = [_write_entry(folder, npc_id, front, scenario, {"format": kind, "file": path.name, "card": card})]
+    n = 0
+    if book is not None:
+        entries = [e for e in book.get("entries") or [] if isinstance(e, dict)]
+        files += _book_entries(folder, npc_id, entries, True, "character_book", path.name, [npc_id])
+        n = len(entries)
+    return ImportResult(path, kind, folder, files, n, npc_id)
+
+
+# ---- export --------------------------------------------------------------------
+
+_WI_DEFAULTS: dict[str, Any] = {
+    "keysecondary": [],
+    "comment": "",
+    "constant": False,
+    "selective": True,
+    "selectiveLogic": 0,
+    "order": 100,
+    "position": 0,
+    "disable": False,
+    "excludeRecursion": False,
+    "preventRecursion": False,
+    "delayUntilRecursion": False,
+    "probability": 100,
+    "useProbability": True,
+    "scanDepth": None,
+    "caseSensitive": None,
+    "matchWholeWords": None,
+}
+
+
+def book_entry_to_world_info(e: dict, index: int) -> dict:
+    """A character book entry -> a World Info entry, field for field as SillyTavern's ``convertCharacterBook``."""
+    ext = e.get("extensions") or {}
+    return {
+        "uid": index,
+        "key": _keys(e.get("keys")),
+        "keysecondary": _keys(e.get("secondary_keys")),
+        "comment": e.get("comment") or "",
+        "content": e.get("content") or "",
+        "constant": bool(e.get("constant", False)),
+        "selective": bool(e.get("selective", False)),
+        "order": e.get("insertion_order", 100),
+        "position": ext.get("position", 0 if e.get("position", "before_char") == "before_char" else 1),
+        "excludeRecursion": ext.get("exclude_recursion", False),
+        "preventRecursion": ext.get("prevent_recursion", False),
+        "delayUntilRecursion": ext.get("delay_until_recursion", False),
+        "disable": not e.get("enabled", True),
+        "addMemo": bool(e.get("comment")),
+        "displayIndex": ext.get("display_index", index),
+        "probability": ext.get("probability", 100),
+        "useProbability": ext.get("useProbability", True),
+        "depth": ext.get("depth", 4),
+        "selectiveLogic": ext.get("selectiveLogic", 0),
+        "group": ext.get("group", ""),
+        "groupOverride": ext.get("group_override", False),
+        "groupWeight": ext.get("group_weight", 100),
+        "scanDepth": ext.get("scan_depth"),
+        "caseSensitive": _first(e.get("case_sensitive"), ext.get("case_sensitive")),
+        "matchWholeWords": ext.get("match_whole_words"),
+        "useGroupScoring": ext.get("use_group_scoring"),
+        "automationId": ext.get("automation_id", ""),
+        "role": ext.get("role", 0),
+        "vectorized": ext.get("vectorized", False),
+        "sticky": ext.get("sticky"),
+        "cooldown": ext.get("cooldown"),
+        "delay": ext.get("delay"),
+        "extensions": ext,
+    }
+
+
+def entry_to_world_info(entry: LoreEntry, index: int) -> dict:
+    """One lore entry -> a World Info entry: the imported original (if any) with the mapped fields overridden."""
+    st = (entry.model_extra or {}).get("st") or {}
+    src = st.get("entry") if isinstance(st.get("entry"), dict) else None
+    if st.get("format") == "world_info" and src is not None:
+        out = json.loads(json.dumps(src))
+    elif st.get("format") == "character_book" and src is not None:
+        out = book_entry_to_world_info(src, index)
+    else:
+        out = {"uid": index}
+    keys = list(entry.keys)
+    if src is not None and src.get("use_regex"):
+        keys = [k[1:-1] if parse_regex_key(k) and k.endswith("/") else k for k in keys]
+    if not keys and entry.name_is_key:
+        keys = [entry.name]
+    raw = st.get("content")
+    content = raw if isinstance(raw, str) and raw.strip() == entry.text else entry.text
+
+    def put(k: str, v: Any) -> None:
+        if k in out or v != _WI_DEFAULTS.get(k, object()):
+            out[k] = v
+
+    out["key"] = keys
+    if entry.secondary_keys:
+        out["keysecondary"] = list(entry.secondary_keys)
+        out["selective"] = True
+        out["selectiveLogic"] = LOGIC_TO_ST[entry.selective_logic.value]
+    else:
+        put("keysecondary", out.get("keysecondary", []))
+    if src is None or entry.name != _entry_fields(src, st.get("format") == "character_book")["name"]:
+        out["comment"] = entry.name  # renamed in the lore file (or a native entry): the name is the memo
+    out["content"] = content
+    put("constant", entry.constant)
+    put("order", entry.order)
+    put("disable", entry.disabled)
+    if entry.probability < 100:
+        out["probability"] = entry.probability
+        out["useProbability"] = True
+    put("excludeRecursion", entry.exclude_recursion)
+    put("preventRecursion", entry.prevent_recursion)
+    put("delayUntilRecursion", entry.delay_until_recursion)
+    put("scanDepth", entry.scan_depth)
+    put("caseSensitive", entry.case_sensitive)
+    put("matchWholeWords", entry.match_whole_words)
+    if src is None:
+        out.setdefault("position", 0)
+    return out
+
+
+def export_world_info(entries: list[LoreEntry], book: dict | None = None) -> dict:
+    """Lore entries -> one World Info JSON object (``{"entries": {"<uid>": {...}}, ...book settings}``).
+
+    NPC cards are left out (a World Info file has no characters). Entries keep
+    the order they were imported in (``st.index``), then follow by id. Imported
+    uids are kept; other entries get the next free integer uid.
+    """
+    lore = [e for e in entries if e.kind.value != "npc"]
+
+    def pos(e: LoreEntry) -> tuple:
+        st = (e.model_extra or {}).get("st") or {}
+        return (str(st.get("file", "")), int(st.get("index", 1 << 30)), e.id)
+
+    lore.sort(key=pos)
+    out_entries: dict[str, dict] = {}
+    used: set[str] = set()
+    converted = [entry_to_world_info(e, i) for i, e in enumerate(lore)]
+    next_uid = 0
+    for wi in converted:
+        uid = wi.get("uid")
+        if uid is None or str(uid) in used:
+            while str(next_uid) in used:
+                next_uid += 1
+            wi["uid"] = uid = next_uid
+        used.add(str(uid))
+        out_entries[str(uid)] = wi
+    out = {"entries": out_entries}
+    for k, v in (book or {}).items():
+        out.setdefault(k, v)
+    return out
+
+
+def read_book_settings(folder: Path) -> dict:
+    """Book-level World Info settings saved by an import (``_book.yaml``), or {}."""
+    p = Path(folder) / BOOK_FILE
+    if not p.is_file():
+        return {}
+    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    return dict(data.get("book") or {})

@@ -1,0 +1,188 @@
+"""Lorebook entry semantics (SillyTavern World Info names): triggers, selective logic, scope, recursion, budget.
+
+Real chromadb on disk and the real `Retriever`; the embedder is `FakeHashEmbedder`
+(a fake, see tests/lore/helpers.py) and vectors are off unless a test turns them on.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lore.keywords import KeywordIndex
+from lore.retrieve import BUDGET, DISABLED, PROBABILITY, RECURSION, SCOPE, SECONDARY
+from lore.schema import Kind, LoreEntry
+from tests.lore.helpers import NPC, world
+
+
+def lore(name: str, text: str = "Some lore.", **kw) -> dict:
+    return {"kind": "lore", "name": name, "text": text, **kw}
+
+
+def turn_ids(sel) -> list[str]:
+    return [p.entry.id for p in sel.turn]
+
+
+def dropped(sel) -> dict[str, str]:
+    return {p.entry.id: p.reason for p in sel.dropped}
+
+
+def test_plain_keys_whole_words_and_case(tmp_path):
+    r = world(tmp_path, {
+        "cat": lore("Feline", keys=["cat"], name_is_key=False),
+        "sub": lore("Sub", keys=["cat"], match_whole_words=False, name_is_key=False),
+        "cs": lore("Case", keys=["Moon"], case_sensitive=True, name_is_key=False),
+        "ci": lore("NoCase", keys=["Moon"], name_is_key=False),
+        "phrase": lore("Phrase", keys=["magical forest"], name_is_key=False),
+    })
+    assert set(turn_ids(r.select("tester", "I love concatenation"))) == {"sub"}
+    assert set(turn_ids(r.select("tester", "My CAT sleeps."))) == {"cat", "sub"}
+    assert set(turn_ids(r.select("tester", "the moon is up"))) == {"ci"}
+    assert set(turn_ids(r.select("tester", "the Moon is up"))) == {"ci", "cs"}
+    assert turn_ids(r.select("tester", "a magical  forest")) == []  # a phrase key is matched as written
+    assert turn_ids(r.select("tester", "The Magical Forest!")) == ["phrase"]
+
+
+def test_regex_keys_and_name_as_key(tmp_path):
+    r = world(tmp_path, {
+        "rx": lore("Rx", keys=["/dragon(s|kin)?\\b/i"], name_is_key=False),
+        "rxcase": lore("RxCase", keys=["/^Halt/"], name_is_key=False),
+        "named": lore("Brass Key"),
+    })
+    assert turn_ids(r.select("tester", "DRAGONKIN attack")) == ["rx"]
+    assert turn_ids(r.select("tester", "halt there")) == []
+    assert turn_ids(r.select("tester", "Halt there")) == ["rxcase"]
+    sel = r.select("tester", "where is the brass key?")
+    assert turn_ids(sel) == ["named"] and sel.turn[0].key == "Brass Key" and sel.turn[0].why == "key:Brass Key"
+
+
+@pytest.mark.parametrize(
+    "logic, line, fires",
+    [
+        ("and_any", "the king and the crown", True),
+        ("and_any", "the king alone", False),
+        ("and_all", "the king, the crown and the throne", True),
+        ("and_all", "the king and the crown", False),
+        ("not_any", "the king alone", True),
+        ("not_any", "the king and the throne", False),
+        ("not_all", "the king and the crown", True),
+        ("not_all", "the king, the crown and the throne", False),
+    ],
+)
+def test_selective_logic(tmp_path, logic, line, fires):
+    r = world(tmp_path, {"secret": lore("Secret", keys=["king"], secondary_keys=["crown", "throne"], selective_logic=logic, name_is_key=False)})
+    sel = r.select("tester", line)
+    assert (turn_ids(sel) == ["secret"]) is fires
+    if not fires:
+        assert dropped(sel) == {"secret": SECONDARY}
+
+
+def test_constant_disabled_and_scan_depth(tmp_path):
+    r = world(tmp_path, {
+        "always": lore("Always", constant=True, keys=["never-said"]),
+        "off": lore("Off", keys=["lamp"], disabled=True, name_is_key=False),
+        "deep": lore("Deep", keys=["harbour"], scan_depth=3, name_is_key=False),
+        "shallow": lore("Shallow", keys=["harbour", "ship"], name_is_key=False),
+    }, scan_depth=1)
+    sel = r.select("tester", "hello", ["the lamp", "the harbour", "a boat", "nothing"])
+    assert [p.entry.id for p in sel.prefix] == ["tester", "always"] and sel.prefix[1].why == "constant"
+    assert turn_ids(sel) == ["deep"] and sel.turn[0].found_in == "history:3"
+    sel = r.select("tester", "hello the lamp", [])
+    assert dropped(sel) == {"off": DISABLED} and turn_ids(sel) == []
+    assert turn_ids(r.select("tester", "ship ahoy", ["harbour"])) == ["shallow", "deep"]  # the line first, then history
+    assert turn_ids(r.select("tester", "ahoy", ["harbour", "x"])) == ["deep"]  # 2 lines back: past scan_depth 1
+
+
+def test_scope_is_a_hard_filter(tmp_path):
+    r = world(tmp_path, {
+        "guard": {"kind": "npc", "name": "Guard", "tags": ["watch"], "npc": {**NPC, "faction": "crown"}},
+        "inn": {"kind": "npc", "name": "Innkeeper", "npc": NPC},
+        "crown": lore("The Crown Guard", kind="faction"),
+        "kings-secret": lore("King's Secret", keys=["king"], known_by=["crown"], name_is_key=False),
+        "watch-code": lore("Watch Code", keys=["password"], known_by=["watch"], name_is_key=False),
+        "inn-gossip": lore("Gossip", keys=["king", "password"], known_by=["inn"], name_is_key=False),
+    })
+    assert turn_ids(r.select("guard", "tell me about the king")) == ["kings-secret"]
+    sel = r.select("inn", "tell me about the king's password")
+    assert turn_ids(sel) == ["inn-gossip"]
+    assert dropped(sel) == {"kings-secret": SCOPE, "watch-code": SCOPE}
+    assert turn_ids(r.select("guard", "the password?")) == ["watch-code"]
+
+
+def test_vector_hits_respect_scope(tmp_path):
+    r = world(tmp_path, {
+        "inn": {"kind": "npc", "name": "Innkeeper", "npc": NPC},
+        "plot": lore("Plot", "the duke poisons the river wells at night", keys=["zzz"], known_by=["someone-else"], name_is_key=False),
+    }, vector_k=4)
+    sel = r.select("inn", "who poisons the river wells at night?")
+    assert "plot" not in sel.ids and dropped(sel)["plot"] == SCOPE and dropped(sel)["plot"] and sel.dropped[0].similarity > 0.5
+
+
+def test_recursion_controls(tmp_path):
+    entries = {
+        "a": lore("A", "The rebels hide in the old mill.", keys=["rebels"], name_is_key=False),
+        "b": lore("B", "The mill belongs to the miller's guild.", keys=["mill"], name_is_key=False),
+        "c": lore("C", "The guild pays the captain.", keys=["guild"], name_is_key=False),
+        "d": lore("D", "The captain is loyal.", keys=["captain"], name_is_key=False),
+    }
+    r = world(tmp_path / "1", entries, max_recursion=2)
+    sel = r.select("tester", "who are the rebels?")
+    assert turn_ids(sel) == ["a", "b", "c"]
+    assert [(p.entry.id, p.step, p.found_in) for p in sel.turn] == [("a", 0, "line"), ("b", 1, "recursion:a"), ("c", 2, "recursion:b")]
+    assert dropped(sel) == {"d": RECURSION}  # depth limit reached
+
+    r = world(tmp_path / "2", {**entries, "a": {**entries["a"], "prevent_recursion": True}})
+    assert turn_ids(r.select("tester", "who are the rebels?")) == ["a"]
+
+    r = world(tmp_path / "3", {**entries, "b": {**entries["b"], "exclude_recursion": True}})
+    sel = r.select("tester", "who are the rebels?")
+    assert turn_ids(sel) == ["a"] and dropped(sel) == {"b": RECURSION}
+    assert turn_ids(r.select("tester", "the mill?")) == ["b", "c", "d"]
+
+    r = world(tmp_path / "4", {**entries, "b": {**entries["b"], "delay_until_recursion": True}})
+    sel = r.select("tester", "the mill?")
+    assert "b" not in sel.ids and dropped(sel)["b"] == RECURSION
+    assert turn_ids(r.select("tester", "who are the rebels?")) == ["a", "b", "c"]
+
+
+def test_probability_is_deterministic(tmp_path):
+    r = world(tmp_path, {
+        "never": lore("Never", keys=["omen"], probability=0, name_is_key=False),
+        "half": lore("Half", keys=["omen"], probability=50, name_is_key=False),
+    })
+    outcomes = []
+    for i in range(40):
+        sel = r.select("tester", f"an omen number {i}")
+        assert dropped(sel).get("never") == PROBABILITY
+        assert sel.ids == r.select("tester", f"an omen number {i}").ids  # same line, same roll
+        outcomes.append("half" in sel.ids)
+    assert 5 < sum(outcomes) < 35
+
+
+def test_budget_overflow_is_reported_by_priority(tmp_path):
+    words = " ".join(["lore"] * 30)
+    r = world(tmp_path, {
+        "low": lore("Low", words, keys=["storm"], order=10, name_is_key=False),
+        "high": lore("High", words, keys=["storm"], order=500, name_is_key=False),
+        "mid": lore("Mid", words, keys=["storm"], order=100, name_is_key=False),
+        "tiny": lore("Tiny", "short", keys=["storm"], order=1, name_is_key=False),
+    }, token_budget=75)
+    sel = r.select("tester", "a storm is coming")
+    assert turn_ids(sel) == ["high", "mid", "tiny"][:2] + ["tiny"]
+    assert dropped(sel) == {"low": BUDGET}
+    assert sel.used <= 75 and sel.used == sum(p.tokens for p in sel.turn)
+    assert sel.dropped[0].tokens == r.tokens(sel.dropped[0].entry) > 30
+
+
+def test_keyword_index_add_remove_matches_rebuild():
+    def e(i: str, keys: list[str], **kw) -> LoreEntry:
+        return LoreEntry(id=i, kind=Kind.lore, name=i, keys=keys, name_is_key=False, **kw)
+
+    idx = KeywordIndex()
+    idx.rebuild([e("a", ["red fox"]), e("b", ["fox"]), e("c", ["/f.x/"]), e("d", ["ox"], match_whole_words=False)])
+    text = "The red fox and the ox"
+    assert idx.match(text) == {"a": "red fox", "b": "fox", "c": "/f.x/", "d": "ox"}
+    idx.remove("b")
+    idx.remove("c")
+    idx.add(e("a", ["wolf"]))
+    assert idx.match(text) == {"d": "ox"}
+    assert idx.match("a WOLF") == {"a": "wolf"}
