@@ -310,5 +310,14 @@ class LoreIndex:
                 best[eid] = sim
         return sorted(best.items(), key=lambda kv: -kv[1])
 
+    def similarity(self, text: str, entry_id: str) -> float | None:
+        """Cosine similarity of `text` to the entry's best chunk, or None when the entry has no chunks."""
+        got = self._col.get(where={"entry_id": entry_id}, include=["embeddings"])
+        embs = got.get("embeddings")
+        if embs is None or len(embs) == 0:
+            return None
+        [vec] = self.embed([text])
+        return max(float(sum(a * b for a, b in zip(vec, e))) for e in embs)
+
     def describe(self) -> str:
         return json.dumps({"chunks": len(self), "entries": len(self.entries), "npcs": [e.id for e in self.npcs()]})

@@ -4,6 +4,10 @@
     narrative chat NPC_ID                 talk to an NPC from a terminal
     narrative lore index DIR              (re)index a lore folder into the state dir
     narrative lore query "TEXT" --npc ID  which entries a player line would pull in
+    narrative lore why --npc ID "TEXT"    why each entry is in (or out of) that turn, with token costs
+    narrative lore check DIR              validate lore files (path:line: message; --json)
+    narrative lore import FILE... --into DIR   SillyTavern World Info / cards (JSON, PNG, CHARX) -> lore files
+    narrative lore export DIR --out FILE  lore folder -> SillyTavern World Info JSON
     narrative demo                        index samples/lore, start a sidecar, script two conversations
 
 Settings come from ``--config FILE.toml``, ``NARRATIVE_*`` environment variables
@@ -173,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text")
     p.add_argument("--npc", help="NPC id (applies scope, prefix and budget); without it, raw vector neighbours")
     p.set_defaults(func=cmd_lore_query)
+    from lore.cli import add_commands
+
+    add_commands(lore, common)  # why, check, import, export
 
     p = sub.add_parser("demo", parents=[common], help="index samples/lore, start a sidecar, script two NPC conversations")
     p.add_argument("--lore", type=Path, default=Path("samples/lore"))

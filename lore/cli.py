@@ -1,0 +1,126 @@
+"""The designers' ``narrative lore`` subcommands: ``why``, ``check``, ``import``, ``export``.
+
+`add_commands` registers them on the ``lore`` sub-parser of `narrative.cli`.
+
+    narrative lore why --npc ID "player line" [--history LINE ...] [--entry ID] [--json]
+    narrative lore check DIR [--json]
+    narrative lore import FILE... --into DIR
+    narrative lore export DIR --out FILE.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def cmd_why(args: argparse.Namespace) -> int:
+    from lore.explain import diagnose, explain, format_explanation
+    from lore.retrieve import Retriever, UnknownNpc
+    from narrative.cli import _settings
+    from narrative.runtime import open_index
+
+    s = _settings(args)
+    index, _ = open_index(s)
+    if args.lore:
+        report = index.sync(args.lore, progress=True)
+        for problem in report.problems:
+            print(problem, file=sys.stderr)
+    if args.words:
+        count = lambda t: len(t.split())  # noqa: E731
+    else:
+        from narrative.models import LlamaModel
+
+        count = LlamaModel(s.dialogue_model).count_tokens
+    lo = s.lore
+    r = Retriever(index, count, lo.token_budget, lo.prefix_budget, lo.vector_k, lo.min_similarity, lo.scan_depth)
+    try:
+        if args.entry:
+            for reason in diagnose(r, args.npc, args.text, args.entry, args.history or ()):
+                print(f"{args.entry}: {reason}")
+            return 0
+        d = explain(r, args.npc, args.text, args.history or ())
+    except UnknownNpc as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    print(json.dumps(d, indent=2) if args.json else format_explanation(d))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from lore.check import check_dir, problems_json
+
+    problems = check_dir(args.dir)
+    if args.json:
+        print(problems_json(problems))
+    else:
+        for p in problems:
+            print(p)
+        errors = sum(p.severity == "error" for p in problems)
+        print(f"{errors} errors, {len(problems) - errors} warnings", file=sys.stderr)
+    return 1 if any(p.severity == "error" for p in problems) else 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from lore.importers.sillytavern import ImportError_, import_file
+
+    failed = 0
+    for f in args.files:
+        try:
+            res = import_file(f, args.into)
+        except (ImportError_, ValidationError, OSError) as exc:
+            print(f"error: {f}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        who = f", NPC {res.npc}" if res.npc else ""
+        print(f"{f}: {res.kind}, {res.entries} entries{who} -> {res.folder}/ ({len(res.files)} files)")
+    return 1 if failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lore.importers.sillytavern import export_world_info, read_book_settings
+    from lore.loader import load_dir
+
+    files, problems = load_dir(args.dir)
+    for p in problems:
+        print(p, file=sys.stderr)
+    out = export_world_info([e for f in files for e in f.entries], read_book_settings(args.dir))
+    text = json.dumps(out, indent=4, ensure_ascii=False)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+        print(f"{len(out['entries'])} entries -> {args.out}")
+    else:
+        print(text)
+    return 1 if problems else 0
+
+
+def add_commands(lore: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Register ``why``, ``check``, ``import`` and ``export`` on the ``lore`` sub-parser."""
+    p = lore.add_parser("why", parents=[common], help="explain one turn's lore: included (why), dropped (budget/scope/probability/...), tokens")
+    p.add_argument("text", help="the player's line")
+    p.add_argument("--npc", required=True, help="NPC id")
+    p.add_argument("--history", nargs="*", help="earlier lines, oldest first (scanned for keys)")
+    p.add_argument("--entry", help="explain one entry: why it is (not) in this turn")
+    p.add_argument("--lore", type=Path, help="sync this lore folder first")
+    p.add_argument("--words", action="store_true", help="count words instead of loading the dialogue model's tokenizer")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_why)
+
+    p = lore.add_parser("check", help="validate a lore folder: path:line: message per problem; exit 1 on errors")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--json", action="store_true", help="JSON array of {path, line, severity, message}")
+    p.set_defaults(func=cmd_check)
+
+    p = lore.add_parser("import", help="convert SillyTavern World Info / character cards (JSON, PNG, CHARX) into lore files")
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--into", type=Path, required=True, help="lore folder to write into (one sub-folder per source)")
+    p.set_defaults(func=cmd_import)
+
+    p = lore.add_parser("export", help="export a lore folder as SillyTavern World Info JSON")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--out", type=Path, help="output file (default: stdout)")
+    p.set_defaults(func=cmd_export)

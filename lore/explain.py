@@ -1,0 +1,144 @@
+""""Why was this injected?": one turn's lore selection, entry by entry, with reasons and token costs.
+
+Used by ``narrative lore why --npc ID "player line"`` and the bridge's
+``lore.explain`` message. It runs the same `Retriever.select` a dialogue turn
+runs, so what it says is what the turn did (probability rolls are deterministic
+per NPC, line and entry).
+
+Included entries say why (``card``, ``scene``, ``constant``, ``prefix``, the key
+that matched and where, the similarity); dropped ones say which rule stopped
+them (``budget``, ``scope``, ``probability``, ``recursion``, ``secondary``,
+``disabled``). `diagnose` answers for one named entry that was not selected at
+all ("not triggered" versus "over budget").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from lore.keywords import key_in, secondary_ok
+from lore.retrieve import Pick, Retriever, knows, roll
+
+
+def pick_dict(p: Pick, placement: str, source: str = "") -> dict:
+    """One pick as a plain dict (the shape of the bridge's ``LoreWhy``)."""
+    d = {
+        "entry": p.entry.id,
+        "name": p.entry.name,
+        "kind": p.entry.kind.value,
+        "placement": placement,
+        "why": p.why,
+        "reason": p.reason,
+        "tokens": p.tokens,
+        "order": p.entry.order,
+        "step": p.step,
+        "found_in": p.found_in,
+        "source": source,
+    }
+    if p.key is not None:
+        d["key"] = p.key
+    if p.similarity is not None:
+        d["similarity"] = round(p.similarity, 4)
+    return d
+
+
+def explain(r: Retriever, npc_id: str, line: str, history: Sequence[str] = ()) -> dict:
+    """Explain one turn's selection.
+
+    Returns:
+        ``{"npc", "line", "budget", "used", "prefix_budget", "prefix_used",
+        "included": [...], "dropped": [...]}``; token figures are tokens of the
+        dialogue model; each item is `pick_dict` (placement ``prefix``/``turn``).
+
+    Raises:
+        lore.retrieve.UnknownNpc: `npc_id` is not an NPC.
+    """
+    sel = r.select(npc_id, line, history)
+    src = r.index.sources
+    prefix_used = sum(p.tokens for p in sel.prefix[1:])
+    return {
+        "npc": npc_id,
+        "line": line,
+        "budget": sel.budget,
+        "used": sel.used,
+        "prefix_budget": r.prefix_budget,
+        "prefix_used": prefix_used,
+        "included": [pick_dict(p, "prefix", src.get(p.entry.id, "")) for p in sel.prefix]
+        + [pick_dict(p, "turn", src.get(p.entry.id, "")) for p in sel.turn],
+        "dropped": [pick_dict(p, "prefix" if p.why in ("constant", "prefix", "scene") else "turn", src.get(p.entry.id, "")) for p in sel.dropped],
+    }
+
+
+def diagnose(r: Retriever, npc_id: str, line: str, entry_id: str, history: Sequence[str] = ()) -> list[str]:
+    """Plain-language reasons why `entry_id` is or is not in this turn's lore, most decisive first.
+
+    Raises:
+        lore.retrieve.UnknownNpc: `npc_id` is not an NPC.
+    """
+    npc = r.npc(npc_id)
+    e = r.index.entries.get(entry_id)
+    if e is None:
+        return [f"{entry_id!r} is not in the index (not indexed, or its file has a problem: run `narrative lore check`)"]
+    sel = r.select(npc_id, line, history)
+    out: list[str] = []
+    for placement, picks in (("prefix", sel.prefix), ("turn", sel.turn)):
+        for p in picks:
+            if p.entry.id == entry_id:
+                out.append(f"included in the {placement} ({p.why}{', ' + p.found_in if p.found_in else ''}), {p.tokens} tokens")
+    for p in sel.dropped:
+        if p.entry.id == entry_id:
+            out.append(f"triggered ({p.why}) but dropped: {p.reason}" + (f" ({sel.used}/{sel.budget} tokens used, it needs {p.tokens})" if p.reason == "budget" else ""))
+    if e.disabled:
+        out.append("the entry is disabled")
+    if not knows(npc, e):
+        out.append(f"scope: known_by {e.known_by} does not include {npc_id}, its faction or its tags")
+    keys = e.all_keys()
+    depth = r.scan_depth if e.scan_depth is None else e.scan_depth
+    scanned = [line, *list(history)[-depth:][::-1]] if depth else [line]
+    hit = next((k for k in keys for t in scanned if key_in(e, k, t)), None)
+    if hit is None:
+        out.append(f"not triggered by keys: none of {keys} occurs in the line or the {depth} earlier line(s) scanned")
+    else:
+        text = "\n".join(scanned)
+        if not secondary_ok(e, text):
+            out.append(f"primary key {hit!r} matched, but secondary keys {e.secondary_keys} fail {e.selective_logic.value}")
+        if not roll(npc_id, line, e):
+            out.append(f"probability roll failed ({e.probability}%)")
+    sim = r.index.similarity(line, entry_id)
+    if sim is not None:
+        near = r.index.nearest(line, r.vector_k)
+        rank = next((i + 1 for i, (eid, _) in enumerate(near) if eid == entry_id), None)
+        where = f"rank {rank} of the {r.vector_k} nearest" if rank else f"outside the {r.vector_k} nearest (the last has {near[-1][1]:.3f})" if near else "no vector hits"
+        out.append(f"vector similarity {sim:.3f}: {where}" + (f"; below min_similarity {r.min_similarity}" if sim < r.min_similarity else ""))
+    if r.prefix_placed(e):
+        out.append("placement: prefix (constant or position: prefix), so it is never chosen per turn")
+    return out
+
+
+def format_explanation(d: dict) -> str:
+    """`explain`'s dict as a terminal table."""
+    lines = [
+        f"NPC {d['npc']}: {d['line']!r}",
+        f"prefix lore {d['prefix_used']}/{d['prefix_budget']} tokens (plus the card); turn lore {d['used']}/{d['budget']} tokens",
+        "",
+        f"{'':8} {'entry':34} {'tokens':>6}  why",
+    ]
+    for x in d["included"]:
+        lines.append(f"{x['placement']:8} {x['entry']:34} {x['tokens']:6}  {_why(x)}")
+    if d["dropped"]:
+        lines.append("")
+        lines.append(f"{'dropped':8} {'entry':34} {'tokens':>6}  reason / why")
+        for x in d["dropped"]:
+            lines.append(f"{x['reason']:8} {x['entry']:34} {x['tokens']:6}  {_why(x)}")
+    return "\n".join(lines)
+
+
+def _why(x: dict) -> str:
+    parts = [x["why"]]
+    if x.get("found_in") and x["found_in"] != "line":
+        parts.append(f"in {x['found_in']}")
+    if "similarity" in x and not x["why"].startswith("vector"):
+        parts.append(f"similarity {x['similarity']:.3f}")
+    if x["placement"] == "turn" and x["why"].startswith("key"):
+        parts.append(f"order {x['order']}")
+    return ", ".join(parts)
