@@ -91,6 +91,28 @@ class SidecarClient:
                 return msg
             self._pending[msg.id].append(msg)
 
+    def events(self, timeout_s: float = 0.0) -> list:
+        """Events the sidecar pushed on its own (``lore.changed``, ``lore.error``; ids ``ev-<n>``), oldest first.
+
+        Reads what has arrived; when there is none yet, waits up to `timeout_s` for one.
+        Replies to requests that arrive meanwhile are kept for their `recv`.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            while self.sock.poll(0):
+                msg = p.decode(self.sock.recv())
+                self._pending[msg.id].append(msg)
+            out = []
+            for rid in [k for k in self._pending if k.startswith("ev-")]:
+                out.extend(self._pending.pop(rid))
+            left = deadline - time.monotonic()
+            if out or left <= 0:
+                return sorted(out, key=lambda m: int(m.id[3:]) if m.id[3:].isdigit() else 0)
+            self.sock.poll(int(left * 1000))
+
+    def lore_explain(self, npc: str, text: str, history: list[str] | None = None) -> p.LoreExplanation:
+        return self.request(p.LoreExplain(id=new_id(), npc=npc, text=text, history=history or []))
+
     def request(self, msg: p._Msg, timeout_s: float | None = None):
         """Send `msg` and return its single reply. Raises `SidecarError` on an ``error`` reply."""
         self.send(msg)

@@ -92,6 +92,18 @@ class LoreQuery(_Msg):
     npc: str | None = Field(None, max_length=128)
 
 
+class LoreExplain(_Msg):
+    """Why each lore entry is (or is not) in one turn for an NPC; answered by `LoreExplanation`.
+
+    Runs the turn's real selection (the same rolls and budget) without generating anything.
+    """
+
+    type: Literal["lore.explain"] = "lore.explain"
+    npc: str = Field(min_length=1, max_length=128)
+    text: str = Field(min_length=1, max_length=4000, description="The player's line.")
+    history: list[str] = Field(default_factory=list, max_length=64, description="Earlier lines, oldest first (scanned for keys).")
+
+
 # ---- server -> client ------------------------------------------------------
 
 
@@ -156,6 +168,67 @@ class LoreResult(_Msg):
     entries: list[LoreHit]
 
 
+class LoreWhy(BaseModel):
+    """One entry in a `LoreExplanation`.
+
+    ``placement``: ``prefix`` or ``turn``. ``why``: ``card``, ``scene``,
+    ``constant``, ``prefix``, ``key:<key>`` or ``vector:<similarity>``.
+    ``reason`` (dropped entries only): ``budget``, ``scope``, ``probability``,
+    ``recursion``, ``secondary``, ``disabled``. ``tokens``: the entry's cost in
+    the dialogue model's tokens. ``found_in``: ``line``, ``history:<n>`` or
+    ``recursion:<entry id>``. ``source``: the lore file, relative to the lore folder.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    entry: str
+    name: str
+    kind: str
+    placement: str
+    why: str
+    reason: str = ""
+    tokens: int
+    key: str | None = None
+    similarity: float | None = None
+    found_in: str = ""
+    source: str = ""
+
+
+class LoreExplanation(_Msg):
+    """Answer to `LoreExplain`. Token figures are the dialogue model's tokens."""
+
+    type: Literal["lore.explanation"] = "lore.explanation"
+    npc: str
+    budget: int = Field(description="Tokens of per-turn lore allowed.")
+    used: int = Field(description="Tokens of per-turn lore selected.")
+    prefix_budget: int
+    prefix_used: int
+    included: list[LoreWhy]
+    dropped: list[LoreWhy]
+
+
+class LoreChanged(_Msg):
+    """Event (unsolicited, sent to every peer that said hello): lore files were re-indexed while serving.
+
+    ``id`` is an event id (``ev-<n>``), not a request's. ``files`` are relative to the lore folder.
+    """
+
+    type: Literal["lore.changed"] = "lore.changed"
+    files: list[str]
+    entries: int = Field(description="Lore entries in service after the change.")
+    added: int = Field(0, description="Chunks (re)embedded.")
+    deleted: int = Field(0, description="Chunks removed.")
+
+
+class LoreFileError(_Msg):
+    """Event: a saved lore file is broken; its last good version stays in service. ``line`` is 1-based (0: whole file)."""
+
+    type: Literal["lore.error"] = "lore.error"
+    path: str
+    line: int
+    message: str
+
+
 class Error(_Msg):
     """A request failed. ``id`` is the request's id, or ``"?"`` when it could not be read."""
 
@@ -164,14 +237,19 @@ class Error(_Msg):
     message: str
 
 
-Request = Annotated[Union[Hello, Say, Cancel, Reset, Ping, LoreQuery], Field(discriminator="type")]
-Reply = Annotated[Union[Ready, Chunk, Done, Pong, Ok, LoreResult, Error], Field(discriminator="type")]
+Request = Annotated[Union[Hello, Say, Cancel, Reset, Ping, LoreQuery, LoreExplain], Field(discriminator="type")]
+Reply = Annotated[
+    Union[Ready, Chunk, Done, Pong, Ok, LoreResult, LoreExplanation, LoreChanged, LoreFileError, Error], Field(discriminator="type")
+]
 Message = Annotated[
-    Union[Hello, Say, Cancel, Reset, Ping, LoreQuery, Ready, Chunk, Done, Pong, Ok, LoreResult, Error],
+    Union[
+        Hello, Say, Cancel, Reset, Ping, LoreQuery, LoreExplain,
+        Ready, Chunk, Done, Pong, Ok, LoreResult, LoreExplanation, LoreChanged, LoreFileError, Error,
+    ],
     Field(discriminator="type"),
 ]
 
-REQUEST_TYPES = frozenset({"hello", "say", "cancel", "reset", "ping", "lore.query"})
+REQUEST_TYPES = frozenset({"hello", "say", "cancel", "reset", "ping", "lore.query", "lore.explain"})
 _request_adapter: TypeAdapter[Request] = TypeAdapter(Request)
 _message_adapter: TypeAdapter[Message] = TypeAdapter(Message)
 

@@ -20,6 +20,7 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import zmq
 import zmq.asyncio
@@ -64,7 +65,11 @@ class SidecarServer:
             "cancel": self._cancel,
             "reset": self._reset,
             "lore.query": self._lore_query,
+            "lore.explain": self._lore_explain,
         }
+        self.peers: set[bytes] = set()  # identities that said hello: they get lore.changed / lore.error events
+        self.lore_dir: Path | None = None  # set by watch_lore(): hot reload while serving
+        self._events = 0
 
     # ---- socket ----------------------------------------------------------
 
@@ -97,6 +102,10 @@ class SidecarServer:
         self.sock = self._open()
         self.bound.set()
         log.info("sidecar listening on %s", self.endpoint)
+        if self.lore_dir is not None:
+            watch = asyncio.create_task(self._watch_lore())
+            self.tasks.add(watch)
+            watch.add_done_callback(self.tasks.discard)
         poller = zmq.asyncio.Poller()
         poller.register(self.sock, zmq.POLLIN)
         try:
@@ -137,6 +146,7 @@ class SidecarServer:
     # ---- handlers --------------------------------------------------------
 
     async def _hello(self, ident: bytes, msg: p.Hello) -> None:
+        self.peers.add(ident)
         m = self.engine.model
         await self.send(
             ident,
@@ -189,6 +199,51 @@ class SidecarServer:
             for x in picks
         ]
         await self.send(ident, p.LoreResult(id=msg.id, entries=hits_out))
+
+    # ---- lore: explain and hot reload -------------------------------------
+
+    async def _lore_explain(self, ident: bytes, msg: p.LoreExplain) -> None:
+        from lore.explain import explain
+
+        loop = asyncio.get_running_loop()
+        try:
+            d = await loop.run_in_executor(self.executor, explain, self.engine.retriever, msg.npc, msg.text, msg.history)
+        except UnknownNpc as exc:
+            await self.send(ident, p.Error(id=msg.id, code=p.ErrorCode.UNKNOWN_NPC, message=exc.args[0]))
+            return
+        fields = {k: v for k, v in d.items() if k not in ("line",)}
+        await self.send(ident, p.LoreExplanation(id=msg.id, **fields))
+
+    def watch_lore(self, root: Path) -> None:
+        """Hot-reload the lore folder `root` while serving (call before `run`); see `lore.watch`."""
+        self.lore_dir = Path(root)
+
+    async def _watch_lore(self) -> None:
+        from lore.watch import watch_lore
+
+        loop = asyncio.get_running_loop()
+
+        async def blocking(fn, *args):  # the worker thread: never during a turn's retrieval or decode
+            return await loop.run_in_executor(self.executor, fn, *args)
+
+        assert self.lore_dir is not None
+        await watch_lore(self.lore_dir, self.engine.retriever.index, blocking, self._lore_event, self._stop)
+
+    async def _lore_event(self, ev) -> None:
+        self._events += 1
+        eid = f"ev-{self._events}"
+        if ev.kind == "error":
+            for prob in ev.problems:
+                await self.broadcast(p.LoreFileError(id=eid, path=ev.files[0], line=prob.line, message=prob.message))
+        else:
+            n = sum(1 for e in self.engine.retriever.index.entries.values() if e.kind.value != "npc")
+            await self.broadcast(p.LoreChanged(id=eid, files=ev.files, entries=n, added=ev.report.added, deleted=ev.report.deleted))
+
+    async def broadcast(self, msg: p._Msg) -> None:
+        """Send an event to every peer that said hello; peers that are gone are forgotten."""
+        for ident in list(self.peers):
+            if not await self.send(ident, msg):
+                self.peers.discard(ident)
 
     async def _say(self, ident: bytes, msg: p.Say) -> None:
         try:

@@ -59,6 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for problem in rt.report.problems:
             print(f"  {problem}", file=sys.stderr)
     server = SidecarServer(rt.engine, s.server, rt.model_names())
+    if not args.no_watch:
+        server.watch_lore(s.lore.dir)  # hot reload: saved lore files are re-indexed while serving
     print(f"serving {len(rt.index.npcs())} NPCs on {s.server.endpoint} (dialogue model: {rt.model.name}); Ctrl-C stops", file=sys.stderr)
     serve_forever(server)
     return 0
@@ -160,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", parents=[common], help="run the sidecar (ZeroMQ ROUTER)")
     p.add_argument("--endpoint", help="ZeroMQ endpoint to bind (default tcp://127.0.0.1:5555)")
     p.add_argument("--lore", type=Path, help="lore folder to index before serving (default samples/lore)")
+    p.add_argument("--no-watch", action="store_true", help="do not re-index lore files when they are saved")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("chat", parents=[common], help="talk to an NPC through a running sidecar")
