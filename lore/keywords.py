@@ -167,9 +167,12 @@ class KeywordIndex:
                 e = entries.get(eid)
                 if e is not None and key_pattern(key, *entry_options(e)).search(text):
                     best[eid] = (rank, key)
+        lower = text.lower()
         for eid, rank, key in self._scan:
             if eid in best and best[eid][0] <= rank:
                 continue
+            if key[:1] != "/" and key.lower() not in lower:
+                continue  # a literal key absent from the text (cheap C-level check before any regex)
             e = entries.get(eid)
             if e is not None and key_pattern(key, *entry_options(e)).search(text):
                 best[eid] = (rank, key)

@@ -16,11 +16,13 @@ that was triggered (or found by similarity) but not used is reported in
 `Selection.dropped` with its reason, so "not triggered" can be told from
 "over budget" (see `lore.explain`).
 
-Order of the turn's budget fill: key-triggered entries first, by insertion order
-(``order``, higher first), then by where the key was found (the player's line,
-then earlier lines, then recursion), then by similarity; then entries found by
-similarity only, best first. An entry that does not fit is dropped and smaller
-ones after it may still fit.
+Order of the turn's budget fill, in tiers: entries whose key is in the player's
+line, then in earlier lines, then triggered by recursion (step 1, 2, ...), then entries found by
+similarity only. Within a key tier: insertion order (``order``, higher first),
+then the longer (more specific) matched key, then similarity to the line. So a
+recursion-triggered entry never pushes out the entry the player named, and
+``order`` decides among equally direct triggers. An entry that does not fit is
+dropped (reason ``budget``) and smaller ones after it may still fit.
 """
 
 from __future__ import annotations
@@ -304,9 +306,9 @@ class Retriever:
 
         def rank(p: Pick) -> tuple:
             if p.key is not None:
-                where = 0 if p.found_in == "line" else 1 if p.found_in.startswith("history") else 2
-                return (0, -p.entry.order, p.step, where, -(p.similarity or 0.0), p.entry.id)
-            return (1, 0, 0, 0, -(p.similarity or 0.0), p.entry.id)
+                tier = 0 if p.found_in == "line" else 1 if p.found_in.startswith("history") else 2
+                return (tier, p.step, -p.entry.order, -len(p.key), -(p.similarity or 0.0), p.entry.id)
+            return (3, 0, 0, 0, -(p.similarity or 0.0), p.entry.id)
 
         ranked = sorted(found.values(), key=rank)
         n = len(ranked)

@@ -24,7 +24,8 @@ Mapping (one Markdown file with YAML front matter per entry; see `lore.schema`):
   ``constant``; ``disable`` / ``!enabled`` -> ``disabled``; ``order`` /
   ``insertion_order`` -> ``order``; ``probability`` (when ``useProbability``);
   ``excludeRecursion`` / ``preventRecursion`` / ``delayUntilRecursion``;
-  ``scanDepth``; ``caseSensitive``; ``matchWholeWords``; ``comment`` (or the first
+  ``scanDepth``; ``caseSensitive``; ``matchWholeWords`` (null -> false, SillyTavern's
+  default: keys match inside words); ``comment`` (or the first
   key) -> ``name`` (with ``name_is_key: false``); ``content`` -> the body. V3
   ``use_regex: true`` wraps each key as ``/key/``.
 * a character -> a ``kind: npc`` entry: ``description`` -> ``npc.persona``,
@@ -263,8 +264,8 @@ def _entry_fields(e: dict, book: bool) -> dict:
         out["scan_depth"] = scan
     if isinstance(case, bool):
         out["case_sensitive"] = case
-    if isinstance(whole, bool):
-        out["match_whole_words"] = whole
+    # SillyTavern's default is substring matching (its "Match Whole Words" setting is off by default); ours is whole words
+    out["match_whole_words"] = whole if isinstance(whole, bool) else False
     return out
 
 
@@ -351,26 +352,6 @@ def import_file(path: Path, into: Path) -> ImportResult:
 
 # ---- export --------------------------------------------------------------------
 
-_WI_DEFAULTS: dict[str, Any] = {
-    "keysecondary": [],
-    "comment": "",
-    "constant": False,
-    "selective": True,
-    "selectiveLogic": 0,
-    "order": 100,
-    "position": 0,
-    "disable": False,
-    "excludeRecursion": False,
-    "preventRecursion": False,
-    "delayUntilRecursion": False,
-    "probability": 100,
-    "useProbability": True,
-    "scanDepth": None,
-    "caseSensitive": None,
-    "matchWholeWords": None,
-}
-
-
 def book_entry_to_world_info(e: dict, index: int) -> dict:
     """A character book entry -> a World Info entry, field for field as SillyTavern's ``convertCharacterBook``."""
     ext = e.get("extensions") or {}
@@ -411,52 +392,89 @@ def book_entry_to_world_info(e: dict, index: int) -> dict:
     }
 
 
+_FIELDS = [  # our field -> World Info field, for the fields mapped one to one
+    ("constant", "constant"),
+    ("disabled", "disable"),
+    ("order", "order"),
+    ("exclude_recursion", "excludeRecursion"),
+    ("prevent_recursion", "preventRecursion"),
+    ("delay_until_recursion", "delayUntilRecursion"),
+    ("scan_depth", "scanDepth"),
+    ("case_sensitive", "caseSensitive"),
+    ("match_whole_words", "matchWholeWords"),
+]
+
+
 def entry_to_world_info(entry: LoreEntry, index: int) -> dict:
-    """One lore entry -> a World Info entry: the imported original (if any) with the mapped fields overridden."""
+    """One lore entry -> a World Info entry.
+
+    An imported entry starts from its original object (``st.entry``) and only
+    the fields whose value differs from what the import derived are overridden,
+    so an untouched import exports to the same values. Other entries get the
+    full World Info field set; their name is also a key when ``name_is_key``,
+    and ``matchWholeWords`` is written explicitly because SillyTavern's default
+    (substring) differs from ours (whole words).
+    """
+    defaults = LoreEntry(id="x", kind="lore", name="x")
     st = (entry.model_extra or {}).get("st") or {}
     src = st.get("entry") if isinstance(st.get("entry"), dict) else None
-    if st.get("format") == "world_info" and src is not None:
-        out = json.loads(json.dumps(src))
-    elif st.get("format") == "character_book" and src is not None:
-        out = book_entry_to_world_info(src, index)
-    else:
-        out = {"uid": index}
-    keys = list(entry.keys)
-    if src is not None and src.get("use_regex"):
-        keys = [k[1:-1] if parse_regex_key(k) and k.endswith("/") else k for k in keys]
-    if not keys and entry.name_is_key:
-        keys = [entry.name]
-    raw = st.get("content")
-    content = raw if isinstance(raw, str) and raw.strip() == entry.text else entry.text
-
-    def put(k: str, v: Any) -> None:
-        if k in out or v != _WI_DEFAULTS.get(k, object()):
-            out[k] = v
-
-    out["key"] = keys
-    if entry.secondary_keys:
-        out["keysecondary"] = list(entry.secondary_keys)
-        out["selective"] = True
-        out["selectiveLogic"] = LOGIC_TO_ST[entry.selective_logic.value]
-    else:
-        put("keysecondary", out.get("keysecondary", []))
-    if src is None or entry.name != _entry_fields(src, st.get("format") == "character_book")["name"]:
-        out["comment"] = entry.name  # renamed in the lore file (or a native entry): the name is the memo
-    out["content"] = content
-    put("constant", entry.constant)
-    put("order", entry.order)
-    put("disable", entry.disabled)
-    if entry.probability < 100:
-        out["probability"] = entry.probability
-        out["useProbability"] = True
-    put("excludeRecursion", entry.exclude_recursion)
-    put("preventRecursion", entry.prevent_recursion)
-    put("delayUntilRecursion", entry.delay_until_recursion)
-    put("scanDepth", entry.scan_depth)
-    put("caseSensitive", entry.case_sensitive)
-    put("matchWholeWords", entry.match_whole_words)
-    if src is None:
-        out.setdefault("position", 0)
+    fmt = st.get("format")
+    if src is not None and fmt in ("world_info", "character_book"):
+        book = fmt == "character_book"
+        out = json.loads(json.dumps(src)) if not book else book_entry_to_world_info(src, index)
+        if book:
+            out["content"] = src.get("content") or ""
+        was = _entry_fields(src, book)
+        keys = list(entry.keys)
+        if src.get("use_regex"):
+            keys = [k[1:-1] if parse_regex_key(k) and k.endswith("/") else k for k in keys]
+            was_keys = _keys(src.get("keys"))
+        else:
+            was_keys = was["keys"]
+        if keys != was_keys:
+            out["key"] = keys
+        sec = (list(entry.secondary_keys), entry.selective_logic.value if entry.secondary_keys else None)
+        if sec != (was.get("secondary_keys", []), was.get("selective_logic")):
+            out["keysecondary"] = sec[0]
+            out["selective"] = bool(sec[0])
+            out["selectiveLogic"] = LOGIC_TO_ST[entry.selective_logic.value]
+        for ours, theirs in _FIELDS:
+            cur = getattr(entry, ours)
+            if cur != was.get(ours, getattr(defaults, ours)):
+                out[theirs] = cur
+        if entry.probability != was.get("probability", 100):
+            out["probability"] = entry.probability
+            out["useProbability"] = True
+        if entry.name != was["name"]:
+            out["comment"] = entry.name  # renamed in the lore file: the name is the memo
+        raw = st.get("content")
+        original = raw if isinstance(raw, str) else str(out.get("content") or "")
+        if original.strip() != entry.text:
+            out["content"] = entry.text
+        elif isinstance(raw, str):
+            out["content"] = raw
+        return out
+    out = {
+        "uid": index,
+        "key": entry.all_keys(),
+        "keysecondary": list(entry.secondary_keys),
+        "comment": entry.name,
+        "content": entry.text,
+        "constant": entry.constant,
+        "selective": bool(entry.secondary_keys),
+        "selectiveLogic": LOGIC_TO_ST[entry.selective_logic.value],
+        "order": entry.order,
+        "position": 0,
+        "disable": entry.disabled,
+        "excludeRecursion": entry.exclude_recursion,
+        "preventRecursion": entry.prevent_recursion,
+        "delayUntilRecursion": entry.delay_until_recursion,
+        "probability": entry.probability,
+        "useProbability": True,
+        "scanDepth": entry.scan_depth,
+        "caseSensitive": entry.case_sensitive,
+        "matchWholeWords": True if entry.match_whole_words is None else entry.match_whole_words,
+    }
     return out
 
 

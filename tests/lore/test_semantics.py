@@ -186,3 +186,29 @@ def test_keyword_index_add_remove_matches_rebuild():
     idx.add(e("a", ["wolf"]))
     assert idx.match(text) == {"d": "ox"}
     assert idx.match("a WOLF") == {"a": "wolf"}
+
+
+def test_the_named_entry_beats_a_higher_order_recursion_hit(tmp_path):
+    words = " ".join(["lore"] * 30)
+    r = world(tmp_path, {
+        "oil": lore("Oil", f"Blue oil is sold at the exchange. {words}", keys=["oil"], name_is_key=False),
+        "exchange": lore("Exchange", words, keys=["exchange"], order=500, name_is_key=False),
+    }, token_budget=45)
+    sel = r.select("tester", "where can I buy oil?")
+    assert turn_ids(sel) == ["oil"] and dropped(sel) == {"exchange": BUDGET}
+
+
+def test_imported_sillytavern_entries_keep_substring_matching(tmp_path):
+    from lore.importers.sillytavern import import_file
+    from tests.conftest import need_corpora
+    from tests.lore.helpers import FakeHashEmbedder
+    from lore.index import LoreIndex
+    from lore.retrieve import Retriever
+
+    res = import_file(need_corpora() / "sillytavern_default_content" / "Seraphina.chara_card_v2.json", tmp_path / "lore")
+    index = LoreIndex(tmp_path / "state", FakeHashEmbedder())
+    assert not index.sync(res.folder).problems
+    r = Retriever(index, lambda t: len(t.split()), token_budget=10_000, vector_k=0)
+    sel = r.select("seraphina", "Tell me about the Shadowfangs.")  # key 'shadowfang', matchWholeWords unset = off in SillyTavern
+    assert "seraphina-001-shadowfang" in turn_ids(sel)
+    assert sel.turn[0].key == "shadowfang"
