@@ -172,7 +172,7 @@ class LoreWhy(BaseModel):
     """One entry in a `LoreExplanation`.
 
     ``placement``: ``prefix`` or ``turn``. ``why``: ``card``, ``scene``,
-    ``constant``, ``prefix``, ``key:<key>`` or ``vector:<similarity>``.
+    ``constant``, ``prefix``, ``key:<key>``, ``vector:<similarity>`` or ``text:<bm25>``.
     ``reason`` (dropped entries only): ``budget``, ``scope``, ``probability``,
     ``recursion``, ``secondary``, ``disabled``. ``tokens``: the entry's cost in
     the dialogue model's tokens. ``found_in``: ``line``, ``history:<n>`` or
@@ -190,6 +190,7 @@ class LoreWhy(BaseModel):
     tokens: int
     key: str | None = None
     similarity: float | None = None
+    lexical: float | None = Field(None, description="BM25 score of the entry's text for the line, when among the best.")
     found_in: str = ""
     source: str = ""
 

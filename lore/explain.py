@@ -39,6 +39,8 @@ def pick_dict(p: Pick, placement: str, source: str = "") -> dict:
         d["key"] = p.key
     if p.similarity is not None:
         d["similarity"] = round(p.similarity, 4)
+    if p.lexical is not None:
+        d["lexical"] = round(p.lexical, 3)
     return d
 
 
@@ -139,6 +141,8 @@ def _why(x: dict) -> str:
         parts.append(f"in {x['found_in']}")
     if "similarity" in x and not x["why"].startswith("vector"):
         parts.append(f"similarity {x['similarity']:.3f}")
+    if "lexical" in x and not x["why"].startswith("text"):
+        parts.append(f"bm25 {x['lexical']:.2f}")
     if x["placement"] == "turn" and x["why"].startswith("key"):
         parts.append(f"order {x['order']}")
     return ", ".join(parts)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lore.keywords import KeywordIndex
+from lore.lexical import Bm25Index
 from lore.loader import LoreFile, LoreFileError, LoreProblem, load_dir, load_file
 from lore.schema import Kind, LoreEntry
 
@@ -122,6 +123,7 @@ class LoreIndex:
         self.entries: dict[str, LoreEntry] = {}
         self.sources: dict[str, str] = {}  # entry id -> source file
         self.keywords = KeywordIndex()
+        self.lexical = Bm25Index()
         self.version = 0  # bumped whenever the catalog changes (retrievers cache per version)
         self._load_catalog()
 
@@ -137,6 +139,7 @@ class LoreIndex:
                 entries[entry.id] = entry
                 sources[entry.id] = str(meta["source"])
         self.keywords.rebuild(entries.values())
+        self.lexical.rebuild(entries.values())
         self.entries, self.sources = entries, sources  # swapped whole: readers in other threads see old or new
         self.version += 1
 
@@ -263,10 +266,12 @@ class LoreIndex:
             new_entries.pop(eid, None)
             new_sources.pop(eid, None)
             self.keywords.remove(eid)
+            self.lexical.remove(eid)
         for e in entries:
             new_entries[e.id] = e
             new_sources[e.id] = source
             self.keywords.add(e)
+            self.lexical.add(e)
         self.entries, self.sources = new_entries, new_sources
         self.version += 1
 

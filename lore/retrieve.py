@@ -8,8 +8,10 @@ Two placements (see `lore.schema.Position`):
 * the **turn**: entries whose keys occur in the player's line or the last
   ``scan_depth`` earlier lines (SillyTavern World Info semantics: whole words or
   substrings, case options, ``/regex/flags``, secondary keys with a selective
-  logic, probability, recursion), then the nearest chunks by embedding
-  similarity, filled by priority into ``token_budget`` tokens.
+  logic, probability, recursion), then entries similar to the line: the
+  ``vector_k`` nearest by embedding and the ``vector_k`` best by BM25 over
+  entry text (`lore.lexical`), fused by reciprocal rank; filled by priority into
+  ``token_budget`` tokens.
 
 The NPC's knowledge scope (``known_by``) is a hard filter on both. Every entry
 that was triggered (or found by similarity) but not used is reported in
@@ -37,7 +39,7 @@ from lore.keywords import key_in, secondary_ok
 from lore.schema import Kind, LoreEntry
 
 TokenCounter = Callable[[str], int]
-Mode = Literal["hybrid", "keywords", "vectors"]
+Mode = Literal["hybrid", "keywords", "vectors", "lexical"]
 
 # reasons an entry is in Selection.dropped
 BUDGET = "budget"  # triggered, but the token budget was full
@@ -65,6 +67,7 @@ class Pick:
     ``similarity``: cosine similarity of its best chunk to the line, when it was among the nearest.
     ``step``: 0 when the conversation triggered it, n when an entry triggered at step n-1 did.
     ``found_in``: 'line', 'history:<n>' (n lines back), 'recursion:<entry id>', or '' (not by key).
+    ``lexical``: BM25 score of the entry's text for the line, when it was among the best (`lore.lexical`).
     """
 
     entry: LoreEntry
@@ -76,6 +79,10 @@ class Pick:
     similarity: float | None = None
     step: int = 0
     found_in: str = ""
+    lexical: float | None = None
+
+
+RRF_K = 60  # reciprocal rank fusion constant (Cormack, Clarke & Buettcher, SIGIR 2009)
 
 
 @dataclass
@@ -268,7 +275,8 @@ class Retriever:
             history: earlier lines of the conversation, oldest first (the last
                 ``scan_depth`` are scanned for keys).
             exclude: entry ids already in the conversation (not injected again, not reported).
-            mode: ``hybrid`` (default), or ``keywords`` / ``vectors`` only (for benchmarks and explain).
+            mode: ``hybrid`` (default: keys, then vectors and BM25 fused), or ``keywords``,
+                ``vectors`` or ``lexical`` (BM25) alone (for benchmarks).
 
         Raises:
             UnknownNpc: `npc_id` is not an NPC in the index.
@@ -289,36 +297,46 @@ class Retriever:
             self._trigger(npc, line, list(history), skip, found, drop)
 
         if mode != "keywords" and self.vector_k > 0:
-            for eid, sim in self.index.nearest(line, self.vector_k):
+            dense = self.index.nearest(line, self.vector_k) if mode in ("vectors", "hybrid") else []
+            lexical = self.index.lexical.search(line, self.vector_k) if mode in ("lexical", "hybrid") else []
+            sims = {eid: sim for eid, sim in dense if sim >= self.min_similarity}
+            bm25 = dict(lexical)
+            fused: dict[str, float] = {}  # reciprocal rank fusion (k = 60) of the dense and the lexical ranking
+            for ranking in ([eid for eid, _ in dense if eid in sims], [eid for eid, _ in lexical]):
+                for i, eid in enumerate(ranking):
+                    fused[eid] = fused.get(eid, 0.0) + 1.0 / (RRF_K + i + 1)
+            for eid, score in sorted(fused.items(), key=lambda kv: (-kv[1], kv[0])):
                 e = entries.get(eid)
-                if e is None or eid in skip or e.disabled or sim < self.min_similarity or self.prefix_placed(e):
+                if e is None or eid in skip or e.disabled or self.prefix_placed(e):
                     continue
+                sim, lex = sims.get(eid), bm25.get(eid)
+                why = f"vector:{sim:.3f}" if sim is not None else f"text:{lex:.2f}"
                 if eid in found:
                     p = found[eid]
-                    found[eid] = Pick(p.entry, p.score, p.why, p.tokens, key=p.key, similarity=sim, step=p.step, found_in=p.found_in)
+                    found[eid] = Pick(p.entry, score, p.why, p.tokens, key=p.key, similarity=sim, step=p.step, found_in=p.found_in, lexical=lex)
                     continue
                 if eid in dropped:
                     continue
                 if not knows(npc, e):
-                    drop(e, f"vector:{sim:.3f}", SCOPE, similarity=sim)
+                    drop(e, why, SCOPE, similarity=sim, lexical=lex)
                     continue
-                found[eid] = Pick(e, sim, f"vector:{sim:.3f}", self.tokens(e), similarity=sim)
+                found[eid] = Pick(e, score, why, self.tokens(e), similarity=sim, lexical=lex)
 
         def rank(p: Pick) -> tuple:
             if p.key is not None:
                 tier = 0 if p.found_in == "line" else 1 if p.found_in.startswith("history") else 2
-                return (tier, p.step, -p.entry.order, -len(p.key), -(p.similarity or 0.0), p.entry.id)
-            return (3, 0, 0, 0, -(p.similarity or 0.0), p.entry.id)
+                return (tier, p.step, -p.entry.order, -len(p.key), -p.score, p.entry.id)
+            return (3, 0, 0, 0, -p.score, p.entry.id)
 
         ranked = sorted(found.values(), key=rank)
         n = len(ranked)
         for i, p in enumerate(ranked):
-            p = Pick(p.entry, float(n - i), p.why, p.tokens, "", p.key, p.similarity, p.step, p.found_in)
+            p = Pick(p.entry, float(n - i), p.why, p.tokens, "", p.key, p.similarity, p.step, p.found_in, p.lexical)
             if sel.used + p.tokens <= self.token_budget:
                 sel.used += p.tokens
                 sel.turn.append(p)
             else:
-                sel.dropped.append(Pick(p.entry, p.score, p.why, p.tokens, BUDGET, p.key, p.similarity, p.step, p.found_in))
+                sel.dropped.append(Pick(p.entry, p.score, p.why, p.tokens, BUDGET, p.key, p.similarity, p.step, p.found_in, p.lexical))
         sel.dropped.extend(sorted(dropped.values(), key=lambda p: (p.reason, p.entry.id)))
         sel.dropped.extend(over)
         return sel

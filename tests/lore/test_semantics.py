@@ -212,3 +212,31 @@ def test_imported_sillytavern_entries_keep_substring_matching(tmp_path):
     sel = r.select("seraphina", "Tell me about the Shadowfangs.")  # key 'shadowfang', matchWholeWords unset = off in SillyTavern
     assert "seraphina-001-shadowfang" in turn_ids(sel)
     assert sel.turn[0].key == "shadowfang"
+
+
+def test_bm25_ranks_by_shared_content_words_and_updates():
+    from lore.lexical import Bm25Index, terms
+
+    def e(i: str, text: str) -> LoreEntry:
+        return LoreEntry(id=i, kind=Kind.lore, name=i.title(), text=text)
+
+    assert terms("What's the lamp fuel that burns blue?") == ["lamp", "fuel", "burn", "blue"]
+    idx = Bm25Index()
+    idx.rebuild([e("oil", "Bluewick oil burns blue without smoke in every lamp."), e("eel", "Eels live in warm water."), e("glass", "Smokeglass is blown over the vents.")])
+    assert [eid for eid, _ in idx.search("what lamp fuel burns blue and gives no smoke?", 3)] == ["oil"]  # "smokeglass" is another term
+    idx.remove("oil")
+    assert [eid for eid, _ in idx.search("lamp fuel burns blue", 3)] == []
+    idx.add(e("eel", "Eels glow blue."))
+    assert idx.search("blue", 3)[0][0] == "eel" and len(idx) == 2
+
+
+def test_hybrid_fuses_vectors_and_bm25_after_keys(tmp_path):
+    r = world(tmp_path, {
+        "oil": lore("Bluewick Oil", "Rendered from eels, it burns blue without smoke in every lamp.", name_is_key=False, keys=["bluewick"]),
+        "inn": lore("The Inn", "An inn with a lamp over the door.", keys=["inn"], name_is_key=False),
+    }, vector_k=4, token_budget=100)
+    sel = r.select("tester", "What lamp fuel burns blue without smoke?")
+    assert turn_ids(sel)[0] == "oil" and sel.turn[0].lexical > 0 and sel.turn[0].key is None
+    sel = r.select("tester", "Is the inn open? What fuel burns blue?")
+    assert turn_ids(sel)[:2] == ["inn", "oil"]  # a key hit comes before any similarity hit
+    assert [p.entry.id for p in r.select("tester", "burns blue without smoke", mode="keywords").turn] == []
