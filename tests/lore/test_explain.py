@@ -1,0 +1,37 @@
+"""``lore why``: included entries with the reason, dropped ones with the rule that stopped them, token costs."""
+
+from __future__ import annotations
+
+from lore.explain import diagnose, explain, format_explanation
+from tests.lore.helpers import NPC, world
+
+
+def test_explain_tells_not_triggered_from_over_budget(tmp_path):
+    words = " ".join(["lore"] * 40)
+    r = world(tmp_path, {
+        "inn": {"kind": "npc", "name": "Innkeeper", "npc": NPC},
+        "rule": {"kind": "lore", "name": "House Rule", "text": "No brawls.", "constant": True},
+        "ale": {"kind": "lore", "name": "Ale", "text": f"Brown ale. {words}", "keys": ["ale"], "name_is_key": False, "order": 200},
+        "cellar": {"kind": "lore", "name": "Cellar", "text": f"The ale is kept below. {words}", "keys": ["ale", "cellar"], "name_is_key": False},
+        "plot": {"kind": "lore", "name": "Plot", "text": "The ale is poisoned.", "keys": ["ale"], "known_by": ["duke"], "name_is_key": False},
+        "duke": {"kind": "npc", "name": "Duke", "npc": NPC},
+        "weather": {"kind": "lore", "name": "Weather", "text": "It rains.", "keys": ["rain"], "name_is_key": False},
+    }, token_budget=60)
+    d = explain(r, "inn", "One ale, please.")
+    inc = {x["entry"]: x for x in d["included"]}
+    assert inc["inn"]["why"] == "card" and inc["rule"]["why"] == "constant" and inc["rule"]["placement"] == "prefix"
+    assert inc["ale"]["why"] == "key:ale" and inc["ale"]["placement"] == "turn" and inc["ale"]["tokens"] > 40
+    drop = {x["entry"]: x["reason"] for x in d["dropped"]}
+    assert drop == {"cellar": "budget", "plot": "scope"}
+    assert d["used"] == inc["ale"]["tokens"] <= d["budget"] == 60
+    assert inc["ale"]["source"] == "ale.md"
+
+    text = format_explanation(d)
+    assert "turn lore" in text and "budget   cellar" in text and "scope    plot" in text
+
+    why_cellar = diagnose(r, "inn", "One ale, please.", "cellar")
+    assert why_cellar[0].startswith("triggered (key:ale) but dropped: budget")
+    why_weather = diagnose(r, "inn", "One ale, please.", "weather")
+    assert any(w.startswith("not triggered by keys: none of ['rain']") for w in why_weather)
+    assert any("scope: known_by ['duke']" in w for w in diagnose(r, "inn", "One ale, please.", "plot"))
+    assert diagnose(r, "inn", "hi", "nothing")[0].startswith("'nothing' is not in the index")
