@@ -63,6 +63,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.watch_lore(s.lore.dir)  # hot reload: saved lore files are re-indexed while serving
     print(f"serving {len(rt.index.npcs())} NPCs on {s.server.endpoint} (dialogue model: {rt.model.name}); Ctrl-C stops", file=sys.stderr)
     serve_forever(server)
+    saved = rt.engine.save_sessions()  # restored on first use after a restart (narrative.context)
+    if saved:
+        print(f"saved {saved} conversations under {s.state_dir / 'sessions'}", file=sys.stderr)
     return 0
 
 
@@ -189,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", default="tcp://127.0.0.1:5599")
     p.add_argument("--npcs", nargs="*", help="NPC ids to talk to (default: the first two in the script)")
     p.set_defaults(func=cmd_demo)
+
+    from narrative.presets import add_cli as add_models_commands
+
+    add_models_commands(sub, common)  # models plan
     return ap
 
 

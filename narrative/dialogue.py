@@ -10,6 +10,12 @@ each turn shares its whole history with the previous one and the model decodes
 only the new tokens when that history is still in its context. Per-turn lore
 goes after the stable prefix, never inside it; an entry injected once stays in
 the history and is not injected again.
+
+Decoding goes through `narrative.context.ContextEngine`: one llama.cpp sequence
+per conversation, checkpoints at the end of the stable prefix and at the end of
+the history before each turn, snapshots of evicted conversations in RAM, and
+(with ``state_dir``) conversations saved to ``state_dir/sessions`` and restored
+after a restart without re-decoding.
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from lore.retrieve import Pick, Retriever, render_entry
-from narrative.models import LlamaModel
-from narrative.settings import SamplingSettings
+from narrative.context import ContextEngine, StateMismatch, state_file_name
+from narrative.models import LlamaModel, ModelError
+from narrative.settings import ContextSettings, SamplingSettings
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +97,28 @@ class DialogueEngine:
         sampling: default sampling settings.
     """
 
-    def __init__(self, model: LlamaModel, retriever: Retriever, sampling: SamplingSettings) -> None:
+    def __init__(
+        self,
+        model: LlamaModel,
+        retriever: Retriever,
+        sampling: SamplingSettings,
+        context: ContextSettings | None = None,
+        state_dir: Path | None = None,
+    ) -> None:
         self.model = model
         self.retriever = retriever
         self.sampling = sampling
         self.conversations: dict[tuple[str, str], Conversation] = {}
         self._lock = threading.Lock()
+        self.context = ContextEngine(model, context)
+        self.sessions_dir = Path(state_dir) / "sessions" if state_dir is not None and (context is None or context.persist) else None
+
+    @staticmethod
+    def _key(session: str, npc_id: str) -> str:
+        return f"{session}\x1f{npc_id}"
+
+    def _session_path(self, session: str, npc_id: str) -> Path | None:
+        return self.sessions_dir / state_file_name(self._key(session, npc_id)) if self.sessions_dir else None
 
     def _build_prefix(self, npc_id: str) -> Conversation:
         picks = self.retriever.prefix(npc_id)  # raises UnknownNpc
@@ -105,20 +129,79 @@ class DialogueEngine:
         return Conversation(npc_id=npc_id, prefix_tokens=tokens, prefix_lore=[p.entry.id for p in picks])
 
     def conversation(self, session: str, npc_id: str) -> Conversation:
-        """The conversation for (`session`, `npc_id`), created on first use. Raises `UnknownNpc`."""
+        """The conversation for (`session`, `npc_id`): in memory, else saved under
+        ``state_dir/sessions``, else new. Raises `UnknownNpc`."""
         key = (session, npc_id)
         with self._lock:
             conv = self.conversations.get(key)
             if conv is None:
                 conv = self._build_prefix(npc_id)
-                self.conversations[key] = conv
-            return conv
+                saved = self._restore(session, npc_id, conv)
+                self.conversations[key] = saved or conv
+            return self.conversations[key]
+
+    def _restore(self, session: str, npc_id: str, fresh: Conversation) -> Conversation | None:
+        """Load a saved conversation whose stable prefix still equals `fresh`'s (lore unchanged)."""
+        path = self._session_path(session, npc_id)
+        if path is None or not path.is_file():
+            return None
+        try:
+            header = self.context.read_header(path)
+            meta = header.get("meta", {})
+            if meta.get("prompt_version") != PROMPT_VERSION or meta.get("prefix_tokens") != fresh.prefix_tokens:
+                log.info("saved conversation %s is stale (prompt or lore changed): starting afresh", path)
+                return None
+            with self.model.lock:
+                self.context.load(self._key(session, npc_id), path)
+        except StateMismatch as exc:
+            log.warning("%s", exc)
+            return None
+        except (ModelError, OSError, ValueError, KeyError) as exc:
+            log.warning("cannot restore %s: %s", path, exc)
+            return None
+        conv = Conversation(npc_id=npc_id, prefix_tokens=list(meta["prefix_tokens"]), prefix_lore=list(meta["prefix_lore"]))
+        conv.turns = [TurnRecord(**t) for t in meta["turns"]]
+        conv.injected = set(meta["injected"])
+        log.info("restored conversation %s/%s (%d turns) from %s", session, npc_id, len(conv.turns), path)
+        return conv
+
+    def save_sessions(self) -> int:
+        """Save every conversation that holds model state to ``state_dir/sessions``
+        (tokens, checkpoints, sequence state, turns). Returns how many were saved;
+        0 without a state dir."""
+        if self.sessions_dir is None:
+            return 0
+        n = 0
+        with self._lock, self.model.lock:
+            for (session, npc_id), conv in self.conversations.items():
+                key = self._key(session, npc_id)
+                if not self.context.cached_tokens(key):
+                    continue
+                meta = {
+                    "prompt_version": PROMPT_VERSION,
+                    "session": session,
+                    "npc": npc_id,
+                    "prefix_tokens": conv.prefix_tokens,
+                    "prefix_lore": conv.prefix_lore,
+                    "turns": [asdict(t) for t in conv.turns],
+                    "injected": sorted(conv.injected),
+                }
+                path = self._session_path(session, npc_id)
+                assert path is not None
+                self.context.save(key, path, meta)
+                n += 1
+        return n
 
     def reset(self, session: str, npc_id: str) -> None:
-        """Forget a conversation. Raises `UnknownNpc` for an unknown NPC."""
+        """Forget a conversation (and its saved state). Raises `UnknownNpc` for an unknown NPC."""
         self.retriever.npc(npc_id)
         with self._lock:
             self.conversations.pop((session, npc_id), None)
+        with self.model.lock:
+            self.context.forget(self._key(session, npc_id))
+        path = self._session_path(session, npc_id)
+        if path is not None:
+            path.unlink(missing_ok=True)
 
     def turn(
         self,
@@ -152,13 +235,20 @@ class DialogueEngine:
         s = self.sampling
         max_tokens = max_tokens or s.max_tokens
         first = 0
-        prompt = conv.tokens(first) + user_tokens
-        while len(prompt) + max_tokens > self.model.n_ctx and first < len(conv.turns):
-            first += 1  # drop the oldest turns that no longer fit (the prefix always stays)
-            prompt = conv.tokens(first) + user_tokens
+        history = conv.tokens(first)
+        if len(history) + len(user_tokens) + max_tokens > self.model.n_ctx:
+            # drop the oldest turns (the prefix always stays) down to 3/4 of the window, so the
+            # next turns extend the history again instead of re-decoding it after every drop
+            room = self.model.n_ctx * 3 // 4
+            while len(history) + len(user_tokens) + max_tokens > room and first < len(conv.turns):
+                first += 1
+                history = conv.tokens(first)
+        prompt = history + user_tokens
         with self.model.lock:
-            gen = self.model.stream(
+            gen = self.context.generate(
+                self._key(session, npc_id),
                 prompt,
+                boundaries=(len(conv.prefix_tokens), len(history)),  # checkpoints: end of the stable prefix, end of the history
                 max_tokens=max_tokens,
                 temperature=s.temperature if temperature is None else temperature,
                 top_p=s.top_p,

@@ -9,6 +9,8 @@ vectors with llama.cpp's embedding mode (mean pooling).
 from __future__ import annotations
 
 import codecs
+import ctypes
+import hashlib
 import importlib.util
 import logging
 import threading
@@ -32,6 +34,14 @@ class ContextOverflow(ModelError):
     """The prompt plus ``max_tokens`` does not fit in the context window (``n_ctx`` tokens)."""
 
 
+class KvCacheFull(ModelError):
+    """``llama_decode`` found no free KV cells (return code 1): other sequences hold them."""
+
+
+class StateError(ModelError):
+    """A sequence state could not be read or written (``llama_state_seq_*`` returned 0)."""
+
+
 def resolve_model_path(path: str) -> Path:
     """Map a model setting to a GGUF file.
 
@@ -52,6 +62,24 @@ def resolve_model_path(path: str) -> Path:
     if not p.is_file():
         raise ModelError(f"model file not found: {p}")
     return p
+
+
+def read_model_metadata(path: Path) -> dict[str, str]:
+    """GGUF metadata of `path` via llama.cpp with ``vocab_only`` (no weights, no context).
+
+    Raises:
+        ModelError: llama.cpp cannot read the file.
+    """
+    import llama_cpp
+
+    try:
+        llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    except ValueError as exc:
+        raise ModelError(f"cannot read {path}: {exc}") from None
+    meta = dict(llm.metadata)
+    meta.setdefault("narrative.n_vocab", str(llm.n_vocab()))
+    llm.close()
+    return meta
 
 
 @dataclass(frozen=True)
@@ -149,7 +177,59 @@ def _llama_kwargs(s: ModelSettings) -> dict:
         type_v=types[s.type_v],
         seed=s.seed,
         verbose=False,
+        **_rope_kwargs(s),
     )
+
+
+def _rope_kwargs(s: ModelSettings) -> dict:
+    """YaRN settings for ``Llama``: factor f -> ``rope_freq_scale = 1/f`` (llama.cpp's --rope-scale)."""
+    import llama_cpp
+
+    if s.yarn_factor <= 1.0:
+        return {}
+    return dict(
+        rope_scaling_type=llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN,
+        rope_freq_scale=1.0 / s.yarn_factor,
+        yarn_orig_ctx=s.yarn_orig_ctx,
+    )
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+def _load_llama(path: Path, kwargs: dict, n_seq_max: int):
+    """``llama_cpp.Llama(path, **kwargs)`` with ``n_seq_max`` sequences, each with its own KV cells.
+
+    Split caches (llama.cpp's default for n_seq_max > 1: each sequence gets
+    ``n_ctx / n_seq_max`` cells) rather than one unified pool: with a unified
+    pool a sequence's logits change when other sequences hold cells (max |diff|
+    0.48 with flash attention, 0.71 without, on SmolLM2 Q4_1, measured here), so
+    an NPC's reply would depend on who else is talking; with split caches it is
+    bit-identical to a fresh context (0.0).
+
+    llama-cpp-python 0.3.36's ``Llama`` has no ``n_seq_max`` / ``kv_unified``
+    parameters (it sets them only for embedding mode) and builds its context inside
+    ``__init__``. We wrap ``llama_context_default_params`` for the duration of the
+    constructor so the one context it creates has them: no second context, no
+    second KV cache.
+    """
+    import llama_cpp
+    import llama_cpp.llama_cpp as low
+
+    with _LOAD_LOCK:
+        original = low.llama_context_default_params
+
+        def params():
+            p = original()
+            p.n_seq_max = n_seq_max
+            p.kv_unified = False
+            return p
+
+        low.llama_context_default_params = params
+        try:
+            return llama_cpp.Llama(str(path), **kwargs)
+        finally:
+            low.llama_context_default_params = original
 
 
 class LlamaModel:
@@ -167,17 +247,29 @@ class LlamaModel:
         self.settings = settings
         self.path = resolve_model_path(settings.path)
         try:
-            self.llm = llama_cpp.Llama(str(self.path), **_llama_kwargs(settings))
+            self.llm = _load_llama(self.path, _llama_kwargs(settings), settings.n_seq_max)
         except ValueError as exc:  # llama-cpp-python raises ValueError for unloadable files
             raise ModelError(f"cannot load {self.path}: {exc}") from None
         self.lock = threading.Lock()
+        self._ctx = self.llm._ctx.ctx
+        self._mem = llama_cpp.llama_get_memory(self._ctx)
+        self._vocab = self.llm._model.vocab
+        self.n_batch = settings.n_batch
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.n_decoded = 0  # prompt + generated tokens fed to llama_decode by this object (a counter for tests and stats)
+        self.memory_owner: object | None = None  # the narrative.context.ContextEngine whose conversations the sequences hold
+        self._fingerprint: dict | None = None
         self.format = ChatFormat.from_template(self.llm.metadata.get("tokenizer.chat_template"))
         self.arch = self.llm.metadata.get("general.architecture", "?")
         self._stop_ids = {t for s in self.format.stop_strings for t in self.tokenize(s)} if self.format.stop_strings else set()
 
     @property
     def n_ctx(self) -> int:
-        return self.llm.n_ctx()
+        """The context window of one conversation in tokens: ``settings.n_ctx / n_seq_max``
+        (each llama.cpp sequence has its own KV cells, see `_load_llama`)."""
+        import llama_cpp
+
+        return int(llama_cpp.llama_n_ctx_seq(self._ctx))
 
     @property
     def name(self) -> str:
@@ -205,6 +297,174 @@ class LlamaModel:
         import llama_cpp
 
         return bool(llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token)) or token in self._stop_ids
+
+    # ---- low-level memory API (used by narrative.context) -----------------
+    #
+    # Sequences are llama.cpp seq ids 0..n_seq_max-1 of the one context. Positions
+    # are token indices from 0. Llama's own high-level calls (generate, stream,
+    # create_completion) clear every sequence (they call seq_rm(-1, n_tokens, -1)):
+    # `take_foreign_use` tells the context engine when that happened.
+
+    @property
+    def n_seq_max(self) -> int:
+        import llama_cpp
+
+        return int(llama_cpp.llama_n_seq_max(self._ctx))
+
+    @property
+    def has_recurrent_state(self) -> bool:
+        """True for recurrent and hybrid models (Qwen3.5 ``qwen35``/``qwen35moe``, Mamba):
+        their memory cannot be trimmed back to an earlier position, only restored from a checkpoint."""
+        return bool(self.llm._is_hybrid or self.llm._is_recurrent)
+
+    def take_foreign_use(self) -> bool:
+        """True once after ``Llama``'s own API decoded on this context (every sequence is then invalid)."""
+        if self.llm.n_tokens:
+            self.llm.n_tokens = 0
+            return True
+        return False
+
+    def decode(self, seq: int, tokens: Sequence[int], pos0: int, *, logits_last: bool = True) -> None:
+        """Feed `tokens` at positions ``pos0..pos0+len-1`` of sequence `seq`, in ``n_batch`` chunks.
+
+        Only the last token of the last chunk requests logits (when `logits_last`).
+
+        Raises:
+            KvCacheFull: no free KV cells (llama_decode returned 1); the tokens of
+                earlier chunks stay in the sequence, the failed chunk does not.
+            ModelError: any other decode failure.
+        """
+        import llama_cpp
+
+        b = self._batch
+        n = len(tokens)
+        done = 0
+        while done < n:
+            m = min(self.n_batch, n - done)
+            for i in range(m):
+                b.token[i] = tokens[done + i]
+                b.pos[i] = pos0 + done + i
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = seq
+                b.logits[i] = 0
+            if logits_last and done + m == n:
+                b.logits[m - 1] = 1
+            b.n_tokens = m
+            rc = llama_cpp.llama_decode(self._ctx, b)
+            if rc == 1:
+                raise KvCacheFull(f"no free KV cells for {m} tokens at position {pos0 + done} of sequence {seq} (n_ctx {self.n_ctx})")
+            if rc != 0:
+                raise ModelError(f"llama_decode failed with code {rc} at position {pos0 + done} of sequence {seq}")
+            done += m
+            self.n_decoded += m
+
+    def seq_rm(self, seq: int, p0: int, p1: int = -1) -> bool:
+        """Remove positions ``[p0, p1)`` of `seq` (-1 = to the end); False when the memory cannot (recurrent state)."""
+        import llama_cpp
+
+        return bool(llama_cpp.llama_memory_seq_rm(self._mem, seq, p0, p1))
+
+    def seq_clear(self, seq: int) -> None:
+        """Drop everything sequence `seq` holds (KV cells and recurrent state)."""
+        if not self.seq_rm(seq, -1, -1):
+            raise ModelError(f"llama.cpp refused to clear sequence {seq}")
+
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        """Share positions ``[p0, p1)`` of `src` with `dst` (KV cells are shared, not copied, in a unified cache)."""
+        import llama_cpp
+
+        llama_cpp.llama_memory_seq_cp(self._mem, src, dst, p0, p1)
+
+    def seq_pos_max(self, seq: int) -> int:
+        """Largest position held by `seq`, -1 when empty."""
+        import llama_cpp
+
+        return int(llama_cpp.llama_memory_seq_pos_max(self._mem, seq))
+
+    def state_get(self, seq: int, *, partial: bool) -> bytes:
+        """Serialize sequence `seq`: with `partial`, only what cannot be trimmed
+        (the recurrent state: ``LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY``, size independent
+        of the context length); else the full state (KV cells + recurrent state).
+
+        Raises:
+            StateError: llama.cpp wrote nothing.
+        """
+        import llama_cpp
+
+        flags = llama_cpp.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY if partial else llama_cpp.LLAMA_STATE_SEQ_FLAGS_NONE
+        size = llama_cpp.llama_state_seq_get_size_ext(self._ctx, seq, flags)
+        buf = (ctypes.c_uint8 * size)()
+        n = llama_cpp.llama_state_seq_get_data_ext(self._ctx, buf, size, seq, flags)
+        if n == 0 and size:
+            raise StateError(f"llama_state_seq_get_data_ext wrote nothing for sequence {seq} (size {size})")
+        return bytes(memoryview(buf)[:n])
+
+    def state_set(self, seq: int, data: bytes, *, partial: bool) -> None:
+        """Load a state from `state_get` into sequence `seq` (replacing what `seq` held
+        for the parts the state covers).
+
+        Raises:
+            StateError: llama.cpp rejected the data (wrong model, size or layout).
+        """
+        import llama_cpp
+
+        flags = llama_cpp.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY if partial else llama_cpp.LLAMA_STATE_SEQ_FLAGS_NONE
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if llama_cpp.llama_state_seq_set_data_ext(self._ctx, buf, len(data), seq, flags) == 0:
+            raise StateError(f"llama.cpp rejected a {'partial' if partial else 'full'} state of {len(data)} bytes for sequence {seq}")
+
+    def sampler(self, *, temperature: float, top_p: float, top_k: int, repeat_penalty: float, seed: int) -> "Sampler":
+        """A llama.cpp sampler chain: greedy when ``temperature <= 0``, else
+        penalties -> top-k -> top-p -> temperature -> seeded draw."""
+        return Sampler(self, temperature=temperature, top_p=top_p, top_k=top_k, repeat_penalty=repeat_penalty, seed=seed)
+
+    def token_bytes(self, token: int) -> bytes:
+        """The raw bytes of one token (special tokens rendered)."""
+        import llama_cpp
+
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+        return buf.raw[:n]
+
+    def fingerprint(self) -> dict:
+        """What a saved sequence state depends on: the model file (size + SHA-256 of its
+        first and last 16 MiB), architecture, and the context settings that shape the
+        KV cache and recurrent state. Two equal fingerprints -> states are interchangeable."""
+        if self._fingerprint is None:
+            size = self.path.stat().st_size
+            h = hashlib.sha256()
+            chunk = 16 << 20
+            with self.path.open("rb") as f:
+                h.update(f.read(chunk))
+                if size > chunk:
+                    f.seek(max(chunk, size - chunk))
+                    h.update(f.read(chunk))
+            s = self.settings
+            self._fingerprint = {
+                "model_file": self.path.name,
+                "model_bytes": size,
+                "model_sha256_head_tail": h.hexdigest(),
+                "arch": self.arch,
+                "n_ctx": self.n_ctx,
+                "type_k": s.type_k,
+                "type_v": s.type_v,
+                "flash_attn": s.flash_attn,
+                "yarn_factor": s.yarn_factor,
+                "yarn_orig_ctx": s.yarn_orig_ctx,
+            }
+        return dict(self._fingerprint)
+
+    def close(self) -> None:
+        """Free the decode batch and the llama.cpp model and context."""
+        import llama_cpp
+
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        self.llm.close()
 
     def stream(
         self,
@@ -286,6 +546,44 @@ class LlamaModel:
         )
 
 
+class Sampler:
+    """A llama.cpp sampler chain over the context's last output logits (see `LlamaModel.sampler`)."""
+
+    def __init__(self, model: LlamaModel, *, temperature: float, top_p: float, top_k: int, repeat_penalty: float, seed: int) -> None:
+        import llama_cpp
+
+        self._model = model
+        self._chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = lambda smpl: llama_cpp.llama_sampler_chain_add(self._chain, smpl)  # noqa: E731
+        if temperature <= 0:
+            add(llama_cpp.llama_sampler_init_greedy())
+        else:
+            n_vocab = llama_cpp.llama_vocab_n_tokens(model._vocab)
+            if repeat_penalty != 1.0:
+                add(llama_cpp.llama_sampler_init_penalties(n_vocab, 64, repeat_penalty, 0.0, 0.0))
+            if top_k > 0:
+                add(llama_cpp.llama_sampler_init_top_k(top_k))
+            add(llama_cpp.llama_sampler_init_top_p(top_p, 1))
+            add(llama_cpp.llama_sampler_init_temp(temperature))
+            add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def sample(self) -> int:
+        """Sample from the logits of the last decoded token that requested them (and accept it)."""
+        import llama_cpp
+
+        return int(llama_cpp.llama_sampler_sample(self._chain, self._model._ctx, -1))
+
+    def close(self) -> None:
+        import llama_cpp
+
+        if self._chain is not None:
+            llama_cpp.llama_sampler_free(self._chain)
+            self._chain = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
 class LlamaEmbedder:
     """Text -> unit-norm embedding vectors with llama.cpp (mean pooling).
 
@@ -325,8 +623,12 @@ __all__ = [
     "ChatFormat",
     "ContextOverflow",
     "Generation",
+    "KvCacheFull",
     "LlamaEmbedder",
     "LlamaModel",
     "ModelError",
+    "Sampler",
+    "StateError",
+    "read_model_metadata",
     "resolve_model_path",
 ]

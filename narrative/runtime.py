@@ -10,6 +10,7 @@ from lore.index import IndexReport, LoreIndex
 from lore.retrieve import Retriever
 from narrative.dialogue import DialogueEngine
 from narrative.models import LlamaEmbedder, LlamaModel
+from narrative.presets import ensure_fits
 from narrative.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def build_runtime(settings: Settings, lore_dir: Path | None = None, sync: bool =
         for problem in report.problems:
             log.warning("%s", problem)
         log.info("lore index: %s", report.summary())
+    ensure_fits(settings.dialogue_model, settings.context.memory_budget_gib)  # refuse before loading, with the numbers
     model = LlamaModel(settings.dialogue_model)
     lo = settings.lore
     retriever = Retriever(
@@ -61,5 +63,5 @@ def build_runtime(settings: Settings, lore_dir: Path | None = None, sync: bool =
         min_similarity=lo.min_similarity,
         scan_depth=lo.scan_depth,
     )
-    engine = DialogueEngine(model, retriever, settings.sampling)
+    engine = DialogueEngine(model, retriever, settings.sampling, settings.context, settings.state_dir)
     return Runtime(settings, model, embedder, index, retriever, engine, report)

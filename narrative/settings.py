@@ -29,7 +29,7 @@ class ModelSettings(BaseModel):
     """One llama.cpp model instance (mapped onto ``llama_cpp.Llama`` in `narrative.models`)."""
 
     path: str = Field(BUNDLED_MODEL, description="GGUF file path, or 'bundled:smollm2' for the bundled model.")
-    n_ctx: int = Field(8192, ge=256, le=1_048_576, description="Context window in tokens.")
+    n_ctx: int = Field(8192, ge=256, le=1_048_576, description="KV cells of the context in tokens, split evenly over n_seq_max sequences: each conversation gets n_ctx / n_seq_max.")
     n_batch: int = Field(512, ge=1, description="Prompt tokens decoded per llama_decode call.")
     n_threads: int | None = Field(None, ge=1, description="CPU threads; None lets llama.cpp decide.")
     n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1 offloads all.")
@@ -37,6 +37,9 @@ class ModelSettings(BaseModel):
     type_k: Literal["f16", "q8_0", "q4_0"] = Field("f16", description="KV cache type for K.")
     type_v: Literal["f16", "q8_0", "q4_0"] = Field("f16", description="KV cache type for V.")
     seed: int = Field(1234, description="Sampling seed.")
+    n_seq_max: int = Field(2, ge=1, le=64, description="Sequences in the context (llama.cpp n_seq_max): conversations kept hot at once, each with n_ctx / n_seq_max KV cells and, on hybrid models, its own recurrent state. More conversations are snapshotted to RAM (context.ram_mib).")
+    yarn_factor: float = Field(1.0, ge=1.0, le=8.0, description="YaRN RoPE scaling factor; > 1 extends the context past the trained length (Qwen3.5 model card: 4.0 with yarn_orig_ctx 262144).")
+    yarn_orig_ctx: int = Field(0, ge=0, description="Trained context length YaRN scales from; 0 reads it from the GGUF.")
 
 
 class SamplingSettings(BaseModel):
@@ -80,6 +83,15 @@ class ServerSettings(BaseModel):
     peer_timeout_s: float = Field(30.0, gt=0, description="A peer silent this long while it has a stream running is treated as gone.")
 
 
+class ContextSettings(BaseModel):
+    """The context engine (`narrative.context`): checkpoints, the RAM store of evicted conversations, saved sessions."""
+
+    max_checkpoints: int = Field(8, ge=1, le=256, description="Recurrent-state checkpoints kept per conversation (the one at the end of the stable prefix is always kept). llama-server's default --ctx-checkpoints is 8.")
+    ram_mib: int = Field(2048, ge=0, description="MiB of host RAM for full sequence-state snapshots of conversations evicted from the context (LRU); 0 disables.")
+    persist: bool = Field(True, description="Save conversations under state_dir/sessions on shutdown and restore them on first use (clients name a session to find it again).")
+    memory_budget_gib: float | None = Field(None, gt=0, description="GiB the dialogue model may use (GPU memory when offloading, else RAM); a configuration that needs more is refused before loading. None: nvidia-smi's total or /proc/meminfo's MemAvailable.")
+
+
 class Settings(BaseSettings):
     """All settings of the sidecar."""
 
@@ -91,6 +103,7 @@ class Settings(BaseSettings):
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     lore: LoreSettings = Field(default_factory=LoreSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    context: ContextSettings = Field(default_factory=ContextSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,498 @@
+"""Model presets (Qwen3.5 dialogue and batch models) and the memory plan.
+
+A preset is the model card's settings for one role, mapped onto
+`narrative.settings.ModelSettings`, plus the architecture numbers the memory
+plan needs. `plan` computes what a configuration takes, before anything is
+loaded, with llama.cpp's own buffer arithmetic:
+
+- **weights**: the GGUF's tensor bytes (a file given), else parameters x
+  bits per weight of the quantization (``QUANT_BPW``);
+- **KV cache**: ``n_ctx x n_attention_layers x n_head_kv x head_dim x
+  (bytes(type_k) + bytes(type_v))``: llama.cpp's ``llama_kv_cache`` allocates
+  one row of ``ggml_row_size(type, n_head_kv * head_dim)`` per cell and layer
+  (``src/llama-kv-cache.cpp``); q8_0 is 34 bytes per 32 values, q4_0 18 per 32
+  (ggml block sizes);
+- **recurrent state**: per sequence and Gated DeltaNet layer, f32 conv state
+  ``(d_conv - 1) x (d_inner + 2 x n_group x d_state)`` and f32 SSM state
+  ``d_state x d_inner`` (``llama_hparams::n_embd_r()/n_embd_s()``,
+  ``src/llama-memory-recurrent.cpp``), times ``n_seq_max`` sequences;
+- **output + compute**: logits ``n_vocab x 4`` bytes per sequence, plus the
+  compute buffer, estimated as the ``n_ubatch x n_vocab`` f32 logits of a full
+  micro-batch and ``1.5 x n_ubatch x max(n_embd, n_ff, conv channels)`` f32
+  activations. An estimate: llama.cpp sizes it by reserving the worst-case
+  graph, and a CUDA build's differs from a CPU build's; on the fixtures and
+  SmolLM2 (CPU) the logits dominate and it matches within 2%.
+
+`tests/narrative/test_presets.py` checks these formulas against the buffer
+sizes llama.cpp logs when it loads the tiny qwen35/qwen35moe fixtures and
+SmolLM2 (within 5%).
+
+Architecture numbers of the real models (``config.json`` ``text_config`` of
+Qwen/Qwen3.5-27B, -35B-A3B, -122B-A10B as published on Hugging Face; quoted in
+THUDM/slime ``scripts/models/qwen3.5-27B.sh`` and ``qwen3.5-35B-A3B.sh``, and
+in public configs of the 122B-A10B: 48 layers, hidden 3072, 2 KV heads x 256,
+DeltaNet 16 QK heads / 64 V heads x 128):
+
+=============  ======  =====  =====  ========  ========  ==========  ========
+model          layers  attn   n_embd KV heads  head dim  DeltaNet    V heads
+                       layers                            QK heads    (x128)
+=============  ======  =====  =====  ========  ========  ==========  ========
+27B            64      16     5120   4         256       16          48
+35B-A3B        40      10     2048   2         256       16          32
+122B-A10B      48      12     3072   2         256       16          64
+=============  ======  =====  =====  ========  ========  ==========  ========
+
+Full attention every 4th layer (``full_attention_interval`` 4), conv kernel 4,
+vocabulary 248,320 (padded). llama.cpp's GGUF keys: ``ssm.state_size`` = QK
+head dim (128), ``ssm.group_count`` = QK heads, ``ssm.time_step_rank`` = V heads,
+``ssm.inner_size`` = V heads x 128. So the recurrent state of one sequence is
+149.6 MiB (27B), 62.8 MiB (35B-A3B), 149.1 MiB (122B-A10B), whatever the context.
+
+Model card settings (Qwen3.5 cards): context 262,144 native, up to 1,010,000
+with YaRN (factor 4, original context 262,144; llama.cpp: ``--rope-scaling yarn
+--rope-scale 4 --yarn-orig-ctx 262144``); sampling non-thinking / general:
+temperature 0.7, top_p 0.8, top_k 20, min_p 0, presence_penalty 1.5; thinking /
+general: 1.0, 0.95, 20, 0, 1.5. Dialogue runs with thinking off (the chat
+template's empty ``<think>\\n\\n</think>\\n\\n``, see `narrative.models.ChatFormat`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from narrative.models import ModelError
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "f32": 4.0}
+"""Bytes per KV cache value (ggml block sizes: q8_0 = 32 int8 + f16 scale, q4_0 = 32 nibbles + f16 scale)."""
+
+QUANT_BPW = {"q4_0": 4.5, "q4_k_m": 4.89, "q5_k_m": 5.7, "q6_k": 6.56, "q8_0": 8.5, "bf16": 16.0}
+"""Bits per weight of a GGUF quantization (q4_0/q8_0 from block sizes; K-quant mixes as llama.cpp's
+quantize reports them for Llama-class models: an approximation for others)."""
+
+NATIVE_CTX = 262_144
+YARN_MAX_CTX = 1_010_000
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The numbers of one model that decide its memory. Hybrid fields are 0 for plain transformers."""
+
+    name: str
+    n_layer: int
+    n_attn_layers: int
+    n_embd: int
+    n_head_kv: int
+    head_dim: int
+    n_vocab: int
+    n_ff: int  # dense FFN width, or the expert FFN width of an MoE
+    params_b: float = 0.0  # parameters in billions (for weights without a file)
+    ssm_d_conv: int = 0
+    ssm_d_state: int = 0
+    ssm_n_group: int = 0
+    ssm_d_inner: int = 0
+
+    @property
+    def n_recurrent_layers(self) -> int:
+        return self.n_layer - self.n_attn_layers if self.ssm_d_inner else 0
+
+    def recurrent_bytes_per_seq(self) -> int:
+        """f32 conv + SSM state of one sequence, all recurrent layers (bytes)."""
+        if not self.ssm_d_inner:
+            return 0
+        conv = (self.ssm_d_conv - 1) * (self.ssm_d_inner + 2 * self.ssm_n_group * self.ssm_d_state)
+        ssm = self.ssm_d_state * self.ssm_d_inner
+        return self.n_recurrent_layers * 4 * (conv + ssm)
+
+    def kv_bytes_per_token(self, type_k: str, type_v: str) -> float:
+        """KV cache bytes per cell (token), all attention layers."""
+        return self.n_attn_layers * self.n_head_kv * self.head_dim * (KV_BYTES[type_k] + KV_BYTES[type_v])
+
+    @staticmethod
+    def from_gguf_metadata(meta: dict[str, str], name: str = "") -> "Arch":
+        """Read the numbers from GGUF metadata (``llama_cpp.Llama.metadata`` or `read_gguf_metadata`).
+
+        Raises:
+            KeyError: a required key is missing (the message names it).
+        """
+        a = meta["general.architecture"]
+
+        def get(key: str, default: int | None = None) -> int:
+            k = f"{a}.{key}"
+            if k not in meta:
+                if default is None:
+                    raise KeyError(f"GGUF metadata has no {k!r}")
+                return default
+            return int(float(meta[k]))
+
+        n_layer = get("block_count")
+        n_head = get("attention.head_count")
+        n_embd = get("embedding_length")
+        head_dim = get("attention.key_length", n_embd // n_head)
+        inner = get("ssm.inner_size", 0)
+        interval = get("full_attention_interval", 4) if inner else 1
+        n_attn = n_layer // interval if inner else n_layer
+        n_ff = get("expert_feed_forward_length", 0) or get("feed_forward_length", 0)
+        n_vocab = int(meta.get("tokenizer.ggml.n_vocab", 0)) or _vocab_size(meta)
+        return Arch(
+            name=name or meta.get("general.name", a),
+            n_layer=n_layer,
+            n_attn_layers=n_attn,
+            n_embd=n_embd,
+            n_head_kv=get("attention.head_count_kv", n_head),
+            head_dim=head_dim,
+            n_vocab=n_vocab,
+            n_ff=n_ff,
+            ssm_d_conv=get("ssm.conv_kernel", 0),
+            ssm_d_state=get("ssm.state_size", 0),
+            ssm_n_group=get("ssm.group_count", 0),
+            ssm_d_inner=inner,
+        )
+
+
+def _vocab_size(meta: dict[str, str]) -> int:
+    v = meta.get("narrative.n_vocab")
+    if v:
+        return int(v)
+    raise KeyError("GGUF metadata does not give the vocabulary size (pass n_vocab)")
+
+
+# Real models (see the module docstring for the sources).
+QWEN35_27B = Arch("Qwen3.5-27B", 64, 16, 5120, 4, 256, 248_320, 17_408, params_b=26.9,
+                  ssm_d_conv=4, ssm_d_state=128, ssm_n_group=16, ssm_d_inner=48 * 128)
+QWEN35_35B_A3B = Arch("Qwen3.5-35B-A3B", 40, 10, 2048, 2, 256, 248_320, 512, params_b=34.7,
+                      ssm_d_conv=4, ssm_d_state=128, ssm_n_group=16, ssm_d_inner=32 * 128)
+QWEN35_122B_A10B = Arch("Qwen3.5-122B-A10B", 48, 12, 3072, 2, 256, 248_320, 1024, params_b=122.0,
+                        ssm_d_conv=4, ssm_d_state=128, ssm_n_group=16, ssm_d_inner=64 * 128)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One model in one role with its model-card settings.
+
+    ``settings`` are `ModelSettings` fields (path to be filled in by the user);
+    ``sampling``: the model card's recommendation for the role; ``thinking``:
+    whether the chat template's reasoning block is on.
+    """
+
+    name: str
+    role: str  # "dialogue" or "batch"
+    arch: Arch
+    gguf: str  # the usual file name (Q4_K_M)
+    quant: str
+    settings: dict = field(default_factory=dict)
+    sampling: dict = field(default_factory=dict)
+    thinking: bool = False
+    note: str = ""
+
+
+NON_THINKING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.0, "presence_penalty": 1.5, "repeat_penalty": 1.0}
+THINKING = {"temperature": 1.0, "top_p": 0.95, "top_k": 20, "min_p": 0.0, "presence_penalty": 1.5, "repeat_penalty": 1.0}
+LONG = {"type_k": "q8_0", "type_v": "q8_0", "flash_attn": True, "n_gpu_layers": -1}
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("qwen3.5-27b-dialogue", "dialogue", QWEN35_27B, "Qwen3.5-27B-Q4_K_M.gguf", "q4_k_m",
+               {"n_ctx": NATIVE_CTX, "n_seq_max": 4, "n_batch": 2048, **LONG}, NON_THINKING, False,
+               "real-time NPC dialogue, thinking off; dense: every token reads all 27B weights"),
+        Preset("qwen3.5-35b-a3b-batch", "batch", QWEN35_35B_A3B, "Qwen3.5-35B-A3B-Q4_K_M.gguf", "q4_k_m",
+               {"n_ctx": NATIVE_CTX, "n_seq_max": 8, "n_batch": 2048, **LONG}, THINKING, True,
+               "build-time content (quests, barks); MoE, 3B active: fast decode, loaded on demand"),
+        Preset("qwen3.5-122b-a10b-batch", "batch", QWEN35_122B_A10B, "Qwen3.5-122B-A10B-Q4_K_M.gguf", "q4_k_m",
+               {"n_ctx": NATIVE_CTX, "n_seq_max": 4, "n_batch": 2048, **LONG}, THINKING, True,
+               "highest-quality batch content; needs a large GPU or CPU offload of experts"),
+    )
+}
+
+
+def preset_settings(name: str, path: str, n_ctx: int | None = None) -> dict:
+    """`ModelSettings` fields for preset `name` with the GGUF at `path`; past 262,144
+    tokens of context, YaRN factor 4 over ``yarn_orig_ctx`` 262,144 (model card).
+
+    Raises:
+        KeyError: unknown preset (the message lists them).
+        ValueError: `n_ctx` beyond 1,010,000 tokens.
+    """
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    p = PRESETS[name]
+    s = dict(p.settings, path=path)
+    if n_ctx is not None:
+        s["n_ctx"] = n_ctx
+    per_seq = s["n_ctx"] // s.get("n_seq_max", 1)
+    if per_seq > YARN_MAX_CTX:
+        raise ValueError(f"n_ctx per sequence {per_seq} exceeds {YARN_MAX_CTX:,} tokens (Qwen3.5 with YaRN)")
+    if per_seq > NATIVE_CTX:
+        s.update(yarn_factor=4.0, yarn_orig_ctx=NATIVE_CTX)
+    return s
+
+
+@dataclass
+class Plan:
+    """Memory of one model configuration, in bytes."""
+
+    label: str
+    arch: Arch
+    n_ctx: int  # KV cells in total (all sequences)
+    n_seq_max: int
+    type_k: str
+    type_v: str
+    weights: int
+    kv: int
+    recurrent: int
+    output: int
+    compute: int
+    on_gpu: bool
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv + self.recurrent + self.output + self.compute
+
+    def rows(self) -> list[tuple[str, int]]:
+        return [
+            ("weights", self.weights),
+            (f"KV cache ({self.n_ctx:,} cells, {self.type_k}/{self.type_v})", self.kv),
+            (f"recurrent state ({self.n_seq_max} seq)", self.recurrent),
+            ("output + compute (estimate)", self.output + self.compute),
+            ("total", self.total),
+        ]
+
+
+def plan(
+    arch: Arch,
+    *,
+    n_ctx: int,
+    n_seq_max: int = 1,
+    type_k: str = "f16",
+    type_v: str = "f16",
+    n_ubatch: int = 512,
+    weights_bytes: int | None = None,
+    quant: str = "q4_k_m",
+    on_gpu: bool = True,
+    label: str = "",
+) -> Plan:
+    """The memory a configuration needs (see the module docstring for each formula).
+
+    Args:
+        n_ctx: KV cells of the context (all sequences together, as llama.cpp's n_ctx).
+        weights_bytes: tensor bytes of the GGUF; None -> ``params_b x QUANT_BPW[quant] / 8``.
+    """
+    if weights_bytes is None:
+        weights_bytes = int(arch.params_b * 1e9 * QUANT_BPW[quant] / 8)
+    kv = math.ceil(n_ctx * arch.kv_bytes_per_token(type_k, type_v))
+    rec = arch.recurrent_bytes_per_seq() * max(1, n_seq_max)
+    output = 4 * arch.n_vocab * max(1, n_seq_max)
+    conv_ch = arch.ssm_d_inner + 2 * arch.ssm_n_group * arch.ssm_d_state if arch.ssm_d_inner else 0
+    compute = 4 * n_ubatch * arch.n_vocab + int(1.5 * 4 * n_ubatch * max(arch.n_embd, arch.n_ff, conv_ch))
+    return Plan(label or arch.name, arch, n_ctx, n_seq_max, type_k, type_v, weights_bytes, kv, rec, output, compute, on_gpu)
+
+
+def read_gguf_metadata(path: Path) -> tuple[dict[str, str], int]:
+    """(metadata as strings, total tensor bytes) of a GGUF file, without loading it into llama.cpp.
+
+    Uses the ``gguf`` package when installed (exact tensor bytes); else the file size.
+    Raises `FileNotFoundError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        import gguf
+    except ImportError:  # no reader: llama.cpp's load log shows the same numbers
+        raise RuntimeError("reading GGUF metadata needs the 'gguf' package (pip install gguf)") from None
+    r = gguf.GGUFReader(str(path))
+    meta: dict[str, str] = {}
+    for k, f in r.fields.items():
+        if k.startswith("tokenizer.ggml.tokens"):
+            meta["narrative.n_vocab"] = str(len(f.data))
+            continue
+        if not f.types or f.types[0] == gguf.GGUFValueType.ARRAY:
+            continue
+        v = f.parts[f.data[0]]
+        meta[k] = bytes(v).decode("utf-8", "replace") if f.types[0] == gguf.GGUFValueType.STRING else str(v[0])
+    return meta, int(sum(int(t.n_bytes) for t in r.tensors))
+
+
+def fmt_gib(n: int) -> str:
+    return f"{n / GiB:,.2f} GiB" if n >= GiB // 4 else f"{n / MiB:,.1f} MiB"
+
+
+def table(plans: list[Plan]) -> str:
+    """A Markdown table of plans (GiB/MiB)."""
+    out = ["| model | context | KV type | weights | KV cache | recurrent | output+compute | total |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for p in plans:
+        out.append(
+            f"| {p.label} | {p.n_ctx:,} x{p.n_seq_max} seq | {p.type_k} | {fmt_gib(p.weights)} | {fmt_gib(p.kv)} | "
+            f"{fmt_gib(p.recurrent)} | {fmt_gib(p.output + p.compute)} | {fmt_gib(p.total)} |"
+        )
+    return "\n".join(out)
+
+
+class DoesNotFit(ModelError):
+    """A configuration needs more memory than the budget; the message has the numbers."""
+
+
+def check_fits(plans: list[Plan], budget_bytes: int, where: str) -> None:
+    """Raise `DoesNotFit` (with a per-model breakdown) when the plans' total exceeds `budget_bytes`."""
+    need = sum(p.total for p in plans)
+    if need > budget_bytes:
+        parts = "; ".join(f"{p.label}: {', '.join(f'{k} {fmt_gib(v)}' for k, v in p.rows())}" for p in plans)
+        raise DoesNotFit(f"needs {fmt_gib(need)} of {where} but {fmt_gib(budget_bytes)} is available ({parts})")
+
+
+def detect_budget(on_gpu: bool) -> tuple[int | None, str]:
+    """(bytes available, where): total memory of GPU 0 from ``nvidia-smi`` when
+    offloading, else ``MemAvailable`` from /proc/meminfo; None when unknown."""
+    if on_gpu:
+        exe = shutil.which("nvidia-smi")
+        if exe:
+            try:
+                r = subprocess.run([exe, "--query-gpu=memory.total", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
+                return int(r.stdout.split()[0]) * MiB, "GPU memory"
+            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+                pass
+        return None, "GPU memory"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024, "RAM"
+    except OSError:
+        pass
+    return None, "RAM"
+
+
+def plan_for_settings(ms, label: str = "dialogue") -> Plan:
+    """The plan of a `ModelSettings` with a GGUF file: numbers read from the file's metadata.
+
+    Raises:
+        ModelError: the file cannot be read.
+    """
+    from narrative.models import read_model_metadata, resolve_model_path
+
+    path = resolve_model_path(ms.path)
+    try:
+        meta, weights = read_gguf_metadata(path)
+    except RuntimeError:  # no gguf package: llama.cpp reads the metadata (vocab only, no weights)
+        meta, weights = read_model_metadata(path), path.stat().st_size
+    try:
+        arch = Arch.from_gguf_metadata(meta)
+    except KeyError as exc:
+        raise ModelError(f"{path}: cannot plan memory: {exc.args[0]}") from None
+    return plan(arch, n_ctx=ms.n_ctx, n_seq_max=ms.n_seq_max, type_k=ms.type_k, type_v=ms.type_v,
+                n_ubatch=min(ms.n_batch, 512), weights_bytes=weights, on_gpu=ms.n_gpu_layers != 0, label=f"{label}: {path.name}")
+
+
+def ensure_fits(ms, budget_gib: float | None = None, label: str = "dialogue") -> Plan:
+    """Refuse (raise `DoesNotFit`, with the numbers) a model configuration that does not fit
+    in memory, before anything is loaded. `budget_gib` overrides detection; an unknown
+    budget is logged and allowed."""
+    p = plan_for_settings(ms, label)
+    if budget_gib is not None:
+        budget, where = int(budget_gib * GiB), "the memory budget"
+    else:
+        budget, where = detect_budget(p.on_gpu)
+    if budget is None:
+        log.info("memory budget unknown (%s): not checking that %s fits (needs %s)", where, p.label, fmt_gib(p.total))
+        return p
+    check_fits([p], budget, where)
+    return p
+
+
+def add_cli(sub, common: argparse.ArgumentParser) -> None:
+    """Register ``narrative models plan`` on the CLI's subparsers."""
+    models = sub.add_parser("models", help="model presets and memory plans").add_subparsers(dest="models_cmd", required=True, metavar="MODELS_COMMAND")
+    p = models.add_parser("plan", help="memory a dialogue (+ batch) model configuration needs, before loading it")
+    p.add_argument("--preset", default="qwen3.5-27b-dialogue", help=f"dialogue preset: {', '.join(PRESETS)}")
+    p.add_argument("--ctx", type=int, help="context per conversation in tokens (default: 32k, 262k and 1,010,000 with f16/q8_0/q4_0)")
+    p.add_argument("--seqs", type=int, default=1, help="conversations held at once (n_seq_max): KV cells = ctx x seqs")
+    p.add_argument("--kv", choices=sorted(KV_BYTES), help="KV cache type (default: the preset's)")
+    p.add_argument("--quant", default=None, choices=sorted(QUANT_BPW), help="weights quantization when no --model file")
+    p.add_argument("--model", type=Path, help="GGUF file of the dialogue model (weights and numbers read from it)")
+    p.add_argument("--batch-preset", default="qwen3.5-35b-a3b-batch", help="batch preset planned alongside ('none' to skip)")
+    p.add_argument("--batch-ctx", type=int, default=32_768, help="context per batch job in tokens")
+    p.add_argument("--gpu-gib", type=float, help="GPU memory to check against (default: nvidia-smi, else a list of common sizes)")
+    p.set_defaults(func=cmd_plan)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    if args.preset not in PRESETS:
+        print(f"error: unknown preset {args.preset!r}; presets: {', '.join(PRESETS)}")
+        return 2
+    pre = PRESETS[args.preset]
+    arch = pre.arch
+    weights = None
+    if args.model:
+        meta, weights = read_gguf_metadata(args.model)
+        arch = Arch.from_gguf_metadata(meta)
+    quant = args.quant or pre.quant
+    if args.ctx is None:
+        plans = [
+            plan(PRESETS[n].arch, n_ctx=c, type_k=t, type_v=t, quant=PRESETS[n].quant, label=PRESETS[n].arch.name)
+            for n in PRESETS for c in (32_768, NATIVE_CTX, YARN_MAX_CTX) for t in ("f16", "q8_0", "q4_0")
+        ]
+        print(f"Memory plans, one sequence, weights at {quant} (~{QUANT_BPW[quant]} bits/weight); "
+              f"past {NATIVE_CTX:,} tokens YaRN factor 4 applies\n")
+        print(table(plans))
+        return 0
+    kv = args.kv or pre.settings.get("type_k", "f16")
+    if args.ctx > YARN_MAX_CTX:
+        print(f"error: --ctx {args.ctx:,} exceeds {YARN_MAX_CTX:,} tokens (Qwen3.5 with YaRN)")
+        return 2
+    d = plan(arch, n_ctx=args.ctx * args.seqs, n_seq_max=args.seqs, type_k=kv, type_v=kv, weights_bytes=weights, quant=quant,
+             label=f"dialogue: {args.model.name if args.model else arch.name}")
+    plans = [d]
+    b = None
+    if args.batch_preset != "none":
+        bp = PRESETS[args.batch_preset]
+        b = plan(bp.arch, n_ctx=args.batch_ctx, type_k=bp.settings["type_k"], type_v=bp.settings["type_v"], quant=bp.quant, label=f"batch: {bp.arch.name}")
+        plans.append(b)
+    print(table(plans))
+    print()
+    if args.ctx > NATIVE_CTX:
+        print(f"context {args.ctx:,} > {NATIVE_CTX:,}: YaRN factor 4, yarn_orig_ctx {NATIVE_CTX:,} (model card)")
+    if kv != "f16":
+        print(f"KV type {kv} needs flash_attn=true (quantized V)")
+    budgets = [int(args.gpu_gib * GiB)] if args.gpu_gib else []
+    if not budgets:
+        got, _ = detect_budget(True)
+        budgets = [got] if got else [g * GiB for g in (24, 32, 48, 80, 141)]
+    both = d.total + (b.total if b else 0)
+    for cap in budgets:
+        if both <= cap:
+            verdict = "dialogue and batch models both stay resident"
+        elif d.total <= cap and b is not None and b.total <= cap:
+            verdict = (f"dialogue stays resident ({fmt_gib(d.total)}); the batch model ({fmt_gib(b.total)}) does not fit beside it: "
+                       "run batch jobs when dialogue is idle (the batch model loads on demand, the dialogue model is released), or on another GPU / CPU")
+        elif d.total <= cap:
+            verdict = f"dialogue fits ({fmt_gib(d.total)}); the batch model never fits here"
+        else:
+            verdict = f"does NOT fit: dialogue alone needs {fmt_gib(d.total)}; the sidecar refuses this configuration"
+        print(f"{fmt_gib(cap):>12} GPU: {verdict}")
+    return 0
+
+
+__all__ = [
+    "Arch",
+    "DoesNotFit",
+    "PRESETS",
+    "Plan",
+    "Preset",
+    "check_fits",
+    "ensure_fits",
+    "plan",
+    "preset_settings",
+    "read_gguf_metadata",
+    "table",
+]
