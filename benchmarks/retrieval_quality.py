@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MODES = ("keywords", "vectors", "lexical", "hybrid")
+SWEPT: list = []  # (world, retriever, cases) for --sweep
+SWEEP = [(1.0, 1.0, 60), (0.5, 1.0, 60), (0.25, 1.0, 60), (0.1, 1.0, 60), (1.0, 0.5, 60), (1.0, 1.0, 10), (0.5, 1.0, 10), (0.0, 1.0, 60), (1.0, 0.0, 60)]
 
 
 def load_cases(path: Path) -> tuple[list[dict], list[str]]:
@@ -62,6 +64,7 @@ def run_world(name: str, lore_dir: Path, cases: list[dict], embedder, count_toke
             print(f"  {p}", file=sys.stderr)
     print(f"[{name}] indexed {len(index.entries)} entries ({len(index)} chunks) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     r = Retriever(index, count_tokens, args.budget, args.prefix_budget, args.vector_k, args.min_similarity, args.scan_depth)
+    SWEPT.append((name, r, cases))
     rows = []
     for case in cases:
         row = {"world": name, **case}
@@ -88,6 +91,25 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def run_sweep() -> list[str]:
+    """Hybrid recall for each fusion setting in SWEEP (the honest tuning record); restores the defaults after."""
+    out = ["\nfusion sweep, hybrid recall@budget (vector_weight, lexical_weight, rrf_k):\n"]
+    out.append("| vector_w | lexical_w | rrf_k | " + " | ".join(f"{w:>11}" for w, _, _ in SWEPT) + " |      all |")
+    out.append("|----------|-----------|-------|" + "|".join("-" * 13 for _ in SWEPT) + "|----------|")
+    defaults = [(r.vector_weight, r.lexical_weight, r.rrf_k) for _, r, _ in SWEPT]
+    for vw, lw, k in SWEEP:
+        hits, total, cells = 0, 0, []
+        for _, r, cases in SWEPT:
+            r.vector_weight, r.lexical_weight, r.rrf_k = vw, lw, k
+            h = sum(c["expect"] in r.select(c["npc"], c["line"]).ids for c in cases)
+            cells.append(f"{100 * h / len(cases):10.1f}%")
+            hits, total = hits + h, total + len(cases)
+        out.append(f"| {vw:8} | {lw:9} | {k:5} | " + " | ".join(cells) + f" | {100 * hits / total:7.1f}% |")
+    for (_, r, _), (vw, lw, k) in zip(SWEPT, defaults):
+        r.vector_weight, r.lexical_weight, r.rrf_k = vw, lw, k
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from lore.importers.sillytavern import import_file
     from narrative.models import LlamaEmbedder, LlamaModel
@@ -103,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scan-depth", type=int, default=s.lore.scan_depth)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--misses", action="store_true", help="list each miss of the hybrid mode")
+    ap.add_argument("--sweep", action="store_true", help="also report hybrid recall for several fusion weights (the tuning record)")
     ap.add_argument("--state", type=Path, help="keep the chromadb indexes here between runs (default: a temporary folder)")
     args = ap.parse_args(argv)
 
@@ -131,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             rows += run_world("imported-st", scratch / "imported", cases, embedder, count_tokens, args, tmp)
         else:
             print(f"skipping the imported corpus: {corpora} is absent", file=sys.stderr)
+        sweep_lines = run_sweep() if args.sweep else []
     print(f"recall@budget ({args.budget} tokens of turn lore, vector_k {args.vector_k}, embedding {Path(args.embedding).name})\n")
     print(table(rows))
+    print("\n".join(sweep_lines))
     if args.misses:
         print("\nhybrid misses:")
         for r in rows:
