@@ -133,24 +133,20 @@ def main() -> int:
 
     qwen35 = str(build_fixtures(ROOT / "tests" / ".fixtures")["qwen35"])
     scale = 4 if args.quick else 1
-    cases = [("SmolLM2-135M", BUNDLED_MODEL, 6000 // scale), ("tiny qwen35", qwen35, 32000 // scale)]
+    cases = [("tiny qwen35", qwen35, 32000 // scale), ("SmolLM2-135M", BUNDLED_MODEL, 6000 // scale)]
     if not args.no_double:
         cases += [(n, p, 2 * t) for n, p, t in cases]
-    rows = []
-    for name, path, lore in cases:
-        print(f"running {name} with ~{lore} lore tokens ...", file=sys.stderr, flush=True)
-        rows.append(run_case(name, path, lore, args.threads))
-
-    print()
     print("TTFT in ms per turn (turn 1 = full prefill of the prefix; A>B>A = NPC A's turn 6 after NPC B spoke)")
     print()
     print("| model | prefix tokens | engine | turn 1 | turn 2 | turn 3 | turn 4 | turn 5 | A>B>A | max(turns 2..5) / turn 1 |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, n_prefix, a, b in rows:
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    for name, path, lore in cases:
+        print(f"running {name} with ~{lore} lore tokens ...", file=sys.stderr, flush=True)
+        name, n_prefix, a, b = run_case(name, path, lore, args.threads)
         for label, t in (("ours", a), ("create_chat_completion", b)):
             ratio = max(t[1:5]) / t[0] if t[0] else float("nan")
             cells = " | ".join(f"{x:,.0f}" for x in t)
-            print(f"| {name} | {n_prefix:,} | {label} | {cells} | {100 * ratio:.1f}% |")
+            print(f"| {name} | {n_prefix:,} | {label} | {cells} | {100 * ratio:.1f}% |", flush=True)
     return 0
 
 

@@ -44,6 +44,7 @@ def build_runtime(settings: Settings, lore_dir: Path | None = None, sync: bool =
         narrative.models.ModelError: a model cannot be loaded.
         FileNotFoundError: the lore folder does not exist (when syncing).
     """
+    ensure_fits(settings.dialogue_model, settings.context.memory_budget_gib)  # refuse before loading anything, with the numbers
     index, embedder = open_index(settings)
     report = None
     if sync:
@@ -51,7 +52,6 @@ def build_runtime(settings: Settings, lore_dir: Path | None = None, sync: bool =
         for problem in report.problems:
             log.warning("%s", problem)
         log.info("lore index: %s", report.summary())
-    ensure_fits(settings.dialogue_model, settings.context.memory_budget_gib)  # refuse before loading, with the numbers
     model = LlamaModel(settings.dialogue_model)
     lo = settings.lore
     retriever = Retriever(

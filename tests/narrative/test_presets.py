@@ -102,3 +102,19 @@ def test_presets_settings_and_refusal():
     check_fits([p], 32 << 30, "GPU memory")
     with pytest.raises(DoesNotFit, match=r"needs 24\.\d\d GiB of GPU memory but 16\.00 GiB"):
         check_fits([p], 16 << 30, "GPU memory")
+
+
+def test_sidecar_refuses_a_configuration_that_does_not_fit(tmp_path):
+    from narrative.presets import ensure_fits
+    from narrative.runtime import build_runtime
+    from narrative.settings import ModelSettings, load_settings
+
+    p = ensure_fits(ModelSettings(n_ctx=4096), budget_gib=4.0)  # SmolLM2: ~92 MiB weights + 90 MiB KV + compute
+    assert 0.1 * (1 << 30) < p.total < 0.5 * (1 << 30)
+    with pytest.raises(DoesNotFit, match=r"needs .* but 50\.0 MiB is available \(dialogue: SmolLM2.*weights 92\.1 MiB"):
+        ensure_fits(ModelSettings(n_ctx=4096), budget_gib=50 / 1024)
+    s = load_settings(state_dir=tmp_path)
+    s.context.memory_budget_gib = 0.05
+    with pytest.raises(DoesNotFit):
+        build_runtime(s, sync=False)
+    assert not any(tmp_path.iterdir())  # refused before the lore index (or anything) was opened
