@@ -86,7 +86,7 @@ class ServerSettings(BaseModel):
 class ContextSettings(BaseModel):
     """The context engine (`narrative.context`): checkpoints, the RAM store of evicted conversations, saved sessions."""
 
-    max_checkpoints: int = Field(8, ge=1, le=256, description="Recurrent-state checkpoints kept per conversation (the one at the end of the stable prefix is always kept). llama-server's default --ctx-checkpoints is 8.")
+    max_checkpoints: int = Field(4, ge=1, le=256, description="Recurrent-state checkpoints kept per conversation: the one at the end of the stable prefix and the newest turn ends (a regenerate needs only the last). Each is the model's whole recurrent state: ~150 MiB on Qwen3.5-27B, ~63 MiB on 35B-A3B. llama-server keeps up to 32 per slot (n_ctx_checkpoints), spaced >= 8192 tokens apart.")
     ram_mib: int = Field(2048, ge=0, description="MiB of host RAM for full sequence-state snapshots of conversations evicted from the context (LRU); 0 disables.")
     persist: bool = Field(True, description="Save conversations under state_dir/sessions on shutdown and restore them on first use (clients name a session to find it again).")
     memory_budget_gib: float | None = Field(None, gt=0, description="GiB the dialogue model may use (GPU memory when offloading, else RAM); a configuration that needs more is refused before loading. None: nvidia-smi's total or /proc/meminfo's MemAvailable.")
