@@ -481,6 +481,11 @@ class LlamaModel:
     ) -> Generation:
         """Decode `prompt` (reusing the longest cached prefix) and sample up to `max_tokens` tokens.
 
+        The plain ``Llama.generate`` path on sequence 0: on hybrid models it reuses
+        the cache only for a strict extension, and it clears every sequence, so
+        `narrative.context.ContextEngine` re-decodes its conversations after it.
+        Dialogue goes through the context engine instead.
+
         Calls ``on_text(piece)`` for each decoded text piece (UTF-8 safe: a
         multi-byte character split across tokens arrives whole).
 

@@ -474,7 +474,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             verdict = "dialogue and batch models both stay resident"
         elif d.total <= cap and b is not None and b.total <= cap:
             verdict = (f"dialogue stays resident ({fmt_gib(d.total)}); the batch model ({fmt_gib(b.total)}) does not fit beside it: "
-                       "run batch jobs when dialogue is idle (the batch model loads on demand, the dialogue model is released), or on another GPU / CPU")
+                       "run batch jobs on another GPU or the CPU, or only while no dialogue is served (the batch model loads on demand)")
         elif d.total <= cap:
             verdict = f"dialogue fits ({fmt_gib(d.total)}); the batch model never fits here"
         else:
