@@ -9,6 +9,7 @@
     narrative lore import FILE... --into DIR   SillyTavern World Info / cards (JSON, PNG, CHARX) -> lore files
     narrative lore export DIR --out FILE  lore folder -> SillyTavern World Info JSON
     narrative demo                        index samples/lore, start a sidecar, script two conversations
+    narrative batch samples/quests --out build/narrative   generate quest text (see narrative/batch)
 
 Settings come from ``--config FILE.toml``, ``NARRATIVE_*`` environment variables
 (``NARRATIVE_SERVER__ENDPOINT``, ``NARRATIVE_DIALOGUE_MODEL__PATH``, ...) and defaults;
@@ -192,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", default="tcp://127.0.0.1:5599")
     p.add_argument("--npcs", nargs="*", help="NPC ids to talk to (default: the first two in the script)")
     p.set_defaults(func=cmd_demo)
+
+    from narrative.batch.cli import register as add_batch_commands
+
+    add_batch_commands(sub, common, lambda f: lambda args: f(args, _settings(args)))  # batch, batch-import, batch-review
 
     from narrative.presets import add_cli as add_models_commands
 

@@ -99,6 +99,7 @@ class Settings(BaseSettings):
 
     state_dir: Path = Field(Path(".state"), description="Where the chromadb index and sessions live.")
     dialogue_model: ModelSettings = Field(default_factory=ModelSettings)
+    batch_model: ModelSettings = Field(default_factory=ModelSettings, description="Model of build-time content generation (narrative batch, bridge generate): its own llama.cpp instance, so the dialogue model stays free. Production: a Qwen3.5 MoE GGUF (35B-A3B).")
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     lore: LoreSettings = Field(default_factory=LoreSettings)

@@ -1,0 +1,108 @@
+"""Command-line entry points of the batch job, registered into ``narrative`` by `register`.
+
+    narrative batch SPECS --out DIR            generate what changed (progress bar, summary, report.md)
+    narrative batch SPECS --out DIR --dry-run  list what would be generated and why
+    narrative batch-import cdda|flare SRC --out DIR   convert a game's quests into specs + lore + reference text
+    narrative batch-review OUT_DIR --import-dir DIR   our text beside the designers', stage by stage (Markdown)
+
+Exit codes: 0 all items done, 1 some item failed (or a spec is invalid), 2 bad usage/settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def cmd_batch(args: argparse.Namespace, settings) -> int:
+    from narrative.batch.runner import BatchOptions, OutputLocked, run_batch
+
+    if args.model:
+        settings.batch_model.path = args.model
+    if args.threads:
+        settings.batch_model.n_threads = args.threads
+    changes = {k: getattr(args, k) for k in ("seed", "max_tokens", "retries", "max_chars") if getattr(args, k) is not None}
+    options = BatchOptions(strict=args.strict, **changes)
+    try:
+        entries = None
+        if args.lore_files:
+            from narrative.batch.runner import read_lore_files
+
+            entries = read_lore_files(settings.lore.dir)
+        summary = run_batch(
+            args.specs, args.out, settings, options, force=args.force, dry_run=args.dry_run, only=args.only,
+            progress=not args.no_progress, entries=entries,
+        )
+    except OutputLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for p in summary.spec_problems:
+        print(f"spec: {p}", file=sys.stderr)
+    if args.dry_run:
+        for it in summary.plan:
+            what = {"skip": "up to date", "generate": "generate", "adopt": "adopt", "error": "error"}[it.action]
+            print(f"{what:10} {it.spec_file.spec.id:36} {'; '.join(it.reasons) or it.error or ''}")
+        n = sum(1 for it in summary.plan if it.action == "generate")
+        print(f"{n} to generate, {sum(1 for it in summary.plan if it.action == 'skip')} up to date")
+        return 1 if summary.failed else 0
+    for r in summary.items:
+        if r.status == "failed":
+            print(f"FAILED {r.quest_id}: {r.error}", file=sys.stderr)
+    print(summary.line())
+    print(f"report: {args.out / 'report.md'}")
+    return 1 if summary.failed else 0
+
+
+def cmd_import(args: argparse.Namespace, settings) -> int:
+    import importlib
+
+    mod = importlib.import_module(f"narrative.batch.importers.{args.game}")
+    result = mod.convert(args.src, args.out, limit=args.limit)
+    print(result.line())
+    return 0
+
+
+def cmd_review(args: argparse.Namespace, settings) -> int:
+    from narrative.batch.importers.review import write_review
+
+    path = write_review(args.out, args.import_dir, args.report)
+    print(f"review: {path}")
+    return 0
+
+
+def register(sub, common: argparse.ArgumentParser, wrap) -> None:
+    """Add ``batch``, ``batch-import`` and ``batch-review`` to the ``narrative`` sub-parsers.
+
+    `wrap(func)` turns ``func(args, settings)`` into the CLI's ``func(args)`` (it loads the settings).
+    """
+    p = sub.add_parser("batch", parents=[common], help="generate quest text from specs (incremental, resumable)")
+    p.add_argument("specs", type=Path, help="folder of quest specs (YAML), e.g. samples/quests")
+    p.add_argument("--out", type=Path, required=True, help="output folder (quests/<id>.json, manifest.json, report.md)")
+    p.add_argument("--lore", type=Path, help="lore folder (default samples/lore)")
+    p.add_argument("--lore-files", action="store_true", help="read the lore files directly instead of syncing the lore index (no embedding)")
+    p.add_argument("--force", action="store_true", help="regenerate every item")
+    p.add_argument("--dry-run", action="store_true", help="list what would be generated and why; generate nothing")
+    p.add_argument("--only", nargs="+", metavar="ID", help="only these quest ids")
+    p.add_argument("--model", help="batch model GGUF path (default settings batch_model.path, bundled:smollm2)")
+    p.add_argument("--threads", type=int, help="CPU threads of the batch model")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-tokens", type=int, help="sampled tokens per attempt (default 700)")
+    p.add_argument("--retries", type=int, help="extra attempts per item (default 2)")
+    p.add_argument("--max-chars", type=int, help="cap every field's character limit")
+    p.add_argument("--strict", action="store_true", help="items with error findings fail (not written)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=wrap(cmd_batch))
+
+    p = sub.add_parser("batch-import", parents=[common], help="convert CDDA missions or Flare quests into quest specs")
+    p.add_argument("game", choices=["cdda", "flare"])
+    p.add_argument("src", type=Path, help="corpus folder, e.g. ../shared/corpora/cdda_npcs_missions")
+    p.add_argument("--out", type=Path, required=True, help="writes specs/, lore/ and reference.json here")
+    p.add_argument("--limit", type=int, help="convert at most this many quests")
+    p.set_defaults(func=wrap(cmd_import))
+
+    p = sub.add_parser("batch-review", parents=[common], help="review page: generated text beside the designers' text")
+    p.add_argument("out", type=Path, help="the batch output folder")
+    p.add_argument("--import-dir", type=Path, required=True, help="the batch-import folder (reference.json, specs/)")
+    p.add_argument("--report", type=Path, help="Markdown file to write (default OUT/review.md)")
+    p.set_defaults(func=wrap(cmd_review))

@@ -1,0 +1,84 @@
+"""The batch report a writer reads: ``<out>/report.md`` (and ``report.json`` for tools).
+
+Per run: counts, tokens, tokens/s, prefill vs decode share; per item: status,
+why it was generated, attempts, findings. Timings make the report differ from
+run to run; the quest files themselves are deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from narrative.batch.manifest import Manifest, atomic_write
+
+if TYPE_CHECKING:
+    from narrative.batch.runner import BatchSummary
+
+
+def summary_dict(summary: "BatchSummary") -> dict:
+    gen_s = summary.prefill_s + summary.decode_s
+    return {
+        "generated": summary.generated,
+        "flagged": summary.count("flagged"),
+        "skipped": summary.count("skipped"),
+        "adopted": summary.count("adopted"),
+        "failed": summary.failed,
+        "prompt_tokens": summary.prompt_tokens,
+        "completion_tokens": summary.completion_tokens,
+        "decode_tokens_per_s": round(summary.completion_tokens / summary.decode_s, 2) if summary.decode_s else 0.0,
+        "prefill_s": round(summary.prefill_s, 2),
+        "decode_s": round(summary.decode_s, 2),
+        "prefill_share": round(summary.prefill_s / gen_s, 3) if gen_s else 0.0,
+        "wall_s": round(summary.wall_s, 2),
+        "quests_per_min": round(60 * summary.generated / summary.wall_s, 2) if summary.wall_s and summary.generated else 0.0,
+        "spec_problems": summary.spec_problems,
+        "orphans": summary.orphans,
+    }
+
+
+def write_batch_report(out: Path, summary: "BatchSummary", manifest: Manifest) -> None:
+    """Write ``report.json`` and ``report.md`` into `out` (atomically)."""
+    head = summary_dict(summary)
+    items = []
+    for r in summary.items:
+        items.append(
+            {
+                "quest": r.quest_id,
+                "status": r.status,
+                "reasons": r.reasons,
+                "error": r.error,
+                "attempts": [
+                    {"n": a.n, "seed": a.seed, "error": a.error, "error_findings": sum(f.severity == "error" for f in a.findings),
+                     "completion_tokens": a.completion_tokens, "prefill_ms": round(a.prefill_ms, 1), "decode_ms": round(a.decode_ms, 1)}
+                    for a in r.attempts
+                ],
+                "findings": [f.to_dict() for f in r.findings],
+            }
+        )
+    atomic_write(out / "report.json", (json.dumps({"summary": head, "items": items}, indent=1, ensure_ascii=False) + "\n").encode())
+
+    checks = Counter((f.check, f.severity) for r in summary.items for f in r.findings)
+    md = ["# Quest batch report", "", summary.line(), ""]
+    if summary.spec_problems:
+        md += ["## Spec problems", ""] + [f"- `{p}`" for p in summary.spec_problems] + [""]
+    if checks:
+        md += ["## Findings by check", "", "| check | severity | count |", "|---|---|---|"]
+        md += [f"| {c} | {s} | {n} |" for (c, s), n in sorted(checks.items())] + [""]
+    md += ["## Items", "", "| quest | status | why | attempts | tokens | findings |", "|---|---|---|---|---|---|"]
+    for r in summary.items:
+        why = "; ".join(r.reasons) or "-"
+        md.append(f"| {r.quest_id} | {r.status} | {why} | {len(r.attempts)} | {r.completion_tokens} | {len(r.findings)} |")
+    md.append("")
+    for r in summary.items:
+        if r.error or r.findings:
+            md += [f"### {r.quest_id} ({r.status})", ""]
+            if r.error:
+                md += [f"- failed: {r.error}"]
+            md += [f"- {f.severity} `{f.check}` in {f.field}: {f.message}" for f in r.findings]
+            md.append("")
+    if summary.orphans:
+        md += ["## Outputs with no spec (left in place)", ""] + [f"- quests/{o}.json" for o in summary.orphans] + [""]
+    atomic_write(out / "report.md", "\n".join(md).encode())
