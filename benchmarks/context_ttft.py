@@ -107,7 +107,7 @@ def baseline(path: Path, n_ctx: int, system: str, other_system: str, threads: in
     return out
 
 
-def run_case(name: str, path: str, lore_tokens: int, threads: int) -> tuple[str, int, list[float], list[float]]:
+def run_case(name: str, path: str, lore_tokens: int, threads: int, with_baseline: bool = True) -> tuple[str, int, list[float], list[float]]:
     n_ctx = lore_tokens + 2048
     model = LlamaModel(ModelSettings(path=path, n_ctx=2 * n_ctx, n_batch=512, n_threads=threads, n_seq_max=2))
     try:
@@ -118,7 +118,7 @@ def run_case(name: str, path: str, lore_tokens: int, threads: int) -> tuple[str,
         a = ours(model, system, other, threads)
     finally:
         model.close()
-    b = baseline(resolve_model_path(path), n_ctx, system, other, threads)
+    b = baseline(resolve_model_path(path), n_ctx, system, other, threads) if with_baseline else []
     return name, n_prefix, a, b
 
 
@@ -127,23 +127,36 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="1/4 of the lore sizes")
     ap.add_argument("--no-double", action="store_true", help="skip the doubled-lore runs")
+    ap.add_argument("--ours-only", action="store_true", help="only our engine (1x and 2x lore): the flatness check, fast")
+    ap.add_argument("--baseline-doubled", action="store_true",
+                    help="also run create_chat_completion on the doubled lore (slow: it re-decodes the whole prompt every turn on qwen35)")
+    ap.add_argument("--qwen35", type=Path, help="tiny qwen35 GGUF (default: built by tests/fixtures/make_qwen35.py)")
+    ap.add_argument("--models", nargs="*", choices=["qwen35", "smollm2"], default=["qwen35", "smollm2"])
     args = ap.parse_args()
 
-    from tests.fixtures.make_qwen35 import build_fixtures
+    if args.qwen35:
+        qwen35 = str(args.qwen35)
+    else:
+        from tests.fixtures.make_qwen35 import build_fixtures
 
-    qwen35 = str(build_fixtures(ROOT / "tests" / ".fixtures")["qwen35"])
+        qwen35 = str(build_fixtures(ROOT / "tests" / ".fixtures")["qwen35"])
     scale = 4 if args.quick else 1
-    cases = [("tiny qwen35", qwen35, 32000 // scale), ("SmolLM2-135M", BUNDLED_MODEL, 6000 // scale)]
+    cases = [("tiny qwen35", qwen35, 32000 // scale, True), ("SmolLM2-135M", BUNDLED_MODEL, 6000 // scale, True)]
     if not args.no_double:
-        cases += [(n, p, 2 * t) for n, p, t in cases]
+        cases += [(n, p, 2 * t, args.baseline_doubled) for n, p, t, _ in cases]
+    cases = [c for c in cases if ("qwen35" if "qwen35" in c[0] else "smollm2") in args.models]
+    if args.ours_only:
+        cases = [(n, p, t, False) for n, p, t, _ in cases]
     print("TTFT in ms per turn (turn 1 = full prefill of the prefix; A>B>A = NPC A's turn 6 after NPC B spoke)")
     print()
     print("| model | prefix tokens | engine | turn 1 | turn 2 | turn 3 | turn 4 | turn 5 | A>B>A | max(turns 2..5) / turn 1 |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|", flush=True)
-    for name, path, lore in cases:
+    for name, path, lore, with_baseline in cases:
         print(f"running {name} with ~{lore} lore tokens ...", file=sys.stderr, flush=True)
-        name, n_prefix, a, b = run_case(name, path, lore, args.threads)
+        name, n_prefix, a, b = run_case(name, path, lore, args.threads, with_baseline)
         for label, t in (("ours", a), ("create_chat_completion", b)):
+            if not t:
+                continue
             ratio = max(t[1:5]) / t[0] if t[0] else float("nan")
             cells = " | ".join(f"{x:,.0f}" for x in t)
             print(f"| {name} | {n_prefix:,} | {label} | {cells} | {100 * ratio:.1f}% |", flush=True)
