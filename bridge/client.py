@@ -138,6 +138,12 @@ class SidecarClient:
     def lore_query(self, text: str, npc: str | None = None) -> p.LoreResult:
         return self.request(p.LoreQuery(id=new_id(), text=text, npc=npc))
 
+    def generate(self, quest: str | None = None, spec: dict | None = None, *, seed: int | None = None,
+                 max_tokens: int | None = None, timeout_s: float | None = None) -> p.GenerateResult:
+        """Generate one quest (by spec id, or from an inline spec map). Raises `SidecarError`
+        (``unknown_quest``, ``invalid``, ``generation_failed``) or `SidecarTimeout`."""
+        return self.request(p.Generate(id=new_id(), quest=quest, spec=spec, seed=seed, max_tokens=max_tokens), timeout_s)
+
     def cancel(self, target: str) -> None:
         """Ask the sidecar to stop stream `target` (its `Done` then says ``cancelled``)."""
         self.send(p.Cancel(id=new_id(), target=target))

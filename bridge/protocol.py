@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Annotated, Literal, Union
 
 import msgpack
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 PROTOCOL_VERSION = 1
 
@@ -31,6 +31,8 @@ class ErrorCode:
     UNKNOWN_NPC = "unknown_npc"
     UNKNOWN_REQUEST = "unknown_request"
     BUSY = "busy"
+    UNKNOWN_QUEST = "unknown_quest"  # generate: no spec with that quest id
+    GENERATION_FAILED = "generation_failed"  # generate: no valid text after the bounded retries
     INTERNAL = "internal"
 
 
@@ -230,6 +232,53 @@ class LoreFileError(_Msg):
     message: str
 
 
+class Generate(_Msg):
+    """A one-off content job: generate one quest from its spec; answered by `GenerateResult` (or `Error`).
+
+    Exactly one of ``quest`` (a spec id in the sidecar's quest folder) and ``spec``
+    (an inline spec map, validated like a spec file, see ``narrative/batch/spec.py``).
+    The batch model loads on the first request.
+    """
+
+    type: Literal["generate"] = "generate"
+    kind: Literal["quest"] = Field("quest", description="What to generate; only 'quest' for now.")
+    quest: str | None = Field(None, max_length=128)
+    spec: dict | None = Field(None, description="Inline quest spec (YAML fields as a map).")
+    seed: int | None = Field(None, description="Sampling seed; the same seed and inputs give the same text.")
+    max_tokens: int | None = Field(None, ge=16, le=8192)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Generate":
+        if (self.quest is None) == (self.spec is None):
+            raise ValueError("give exactly one of 'quest' (an id) and 'spec' (a map)")
+        return self
+
+
+class GenFinding(BaseModel):
+    """A post-check finding (``narrative/batch/checks.py``): ``severity`` 'error' or 'warning'."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    field: str
+    check: str
+    severity: str
+    message: str
+
+
+class GenerateResult(_Msg):
+    """Answer to `Generate`. ``output``: the validated quest (as written by ``narrative batch``:
+    id, title, summary, dialogue, journal, meta). ``status``: 'ok', or 'flagged' when error
+    findings are left after the retries. ``tokens``: prompt, completion; ``timings``: prefill_ms, decode_ms."""
+
+    type: Literal["generate.result"] = "generate.result"
+    status: Literal["ok", "flagged"]
+    output: dict
+    findings: list[GenFinding] = Field(default_factory=list)
+    attempts: int = Field(ge=1)
+    tokens: dict[str, int] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(default_factory=dict)
+
+
 class Error(_Msg):
     """A request failed. ``id`` is the request's id, or ``"?"`` when it could not be read."""
 
@@ -238,19 +287,20 @@ class Error(_Msg):
     message: str
 
 
-Request = Annotated[Union[Hello, Say, Cancel, Reset, Ping, LoreQuery, LoreExplain], Field(discriminator="type")]
+Request = Annotated[Union[Hello, Say, Cancel, Reset, Ping, LoreQuery, LoreExplain, Generate], Field(discriminator="type")]
 Reply = Annotated[
-    Union[Ready, Chunk, Done, Pong, Ok, LoreResult, LoreExplanation, LoreChanged, LoreFileError, Error], Field(discriminator="type")
+    Union[Ready, Chunk, Done, Pong, Ok, LoreResult, LoreExplanation, LoreChanged, LoreFileError, GenerateResult, Error],
+    Field(discriminator="type"),
 ]
 Message = Annotated[
     Union[
-        Hello, Say, Cancel, Reset, Ping, LoreQuery, LoreExplain,
-        Ready, Chunk, Done, Pong, Ok, LoreResult, LoreExplanation, LoreChanged, LoreFileError, Error,
+        Hello, Say, Cancel, Reset, Ping, LoreQuery, LoreExplain, Generate,
+        Ready, Chunk, Done, Pong, Ok, LoreResult, LoreExplanation, LoreChanged, LoreFileError, GenerateResult, Error,
     ],
     Field(discriminator="type"),
 ]
 
-REQUEST_TYPES = frozenset({"hello", "say", "cancel", "reset", "ping", "lore.query", "lore.explain"})
+REQUEST_TYPES = frozenset({"hello", "say", "cancel", "reset", "ping", "lore.query", "lore.explain", "generate"})
 _request_adapter: TypeAdapter[Request] = TypeAdapter(Request)
 _message_adapter: TypeAdapter[Message] = TypeAdapter(Message)
 

@@ -66,7 +66,9 @@ class SidecarServer:
             "reset": self._reset,
             "lore.query": self._lore_query,
             "lore.explain": self._lore_explain,
+            "generate": self._generate,
         }
+        self.quests = None  # a narrative.batch.runner.QuestService answering 'generate'; None: the request is refused
         self.peers: set[bytes] = set()  # identities that said hello: they get lore.changed / lore.error events
         self.lore_dir: Path | None = None  # set by watch_lore(): hot reload while serving
         self._events = 0
@@ -213,6 +215,43 @@ class SidecarServer:
             return
         fields = {k: v for k, v in d.items() if k not in ("line",)}
         await self.send(ident, p.LoreExplanation(id=msg.id, **fields))
+
+    # ---- content generation ------------------------------------------------
+
+    async def _generate(self, ident: bytes, msg: p.Generate) -> None:
+        """One quest from a spec (``narrative.batch``), on the decode worker thread; the batch model loads on first use."""
+        from narrative.batch.prompt import UnknownEntry
+        from narrative.batch.spec import SpecError
+
+        if self.quests is None:
+            await self.send(ident, p.Error(id=msg.id, code=p.ErrorCode.INVALID, message="this sidecar does not serve 'generate' (no quest service)"))
+            return
+        loop = asyncio.get_running_loop()
+        source = msg.quest if msg.quest is not None else msg.spec
+        try:
+            r = await loop.run_in_executor(self.executor, lambda: self.quests.generate(source, seed=msg.seed, max_tokens=msg.max_tokens))
+        except KeyError as exc:
+            code = p.ErrorCode.INVALID if isinstance(exc, UnknownEntry) else p.ErrorCode.UNKNOWN_QUEST
+            await self.send(ident, p.Error(id=msg.id, code=code, message=str(exc.args[0])))
+            return
+        except SpecError as exc:
+            await self.send(ident, p.Error(id=msg.id, code=p.ErrorCode.INVALID, message=str(exc)))
+            return
+        if r.quest is None or r.status == "failed":
+            await self.send(ident, p.Error(id=msg.id, code=p.ErrorCode.GENERATION_FAILED, message=r.error or "no valid text"))
+            return
+        await self.send(
+            ident,
+            p.GenerateResult(
+                id=msg.id,
+                status=r.status,
+                output=r.quest.model_dump(mode="json"),
+                findings=[p.GenFinding(field=f.field, check=f.check, severity=f.severity, message=f.message) for f in r.findings],
+                attempts=len(r.attempts),
+                tokens={"prompt": r.prompt_tokens, "completion": r.completion_tokens},
+                timings={"prefill_ms": round(r.prefill_ms, 1), "decode_ms": round(r.decode_ms, 1)},
+            ),
+        )
 
     def watch_lore(self, root: Path) -> None:
         """Hot-reload the lore folder `root` while serving (call before `run`); see `lore.watch`."""

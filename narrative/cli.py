@@ -60,6 +60,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for problem in rt.report.problems:
             print(f"  {problem}", file=sys.stderr)
     server = SidecarServer(rt.engine, s.server, rt.model_names())
+    from narrative.batch.runner import QuestService
+
+    server.quests = QuestService(s, Path("samples/quests"), entries=rt.index.entries)  # 'generate' requests (batch model loads on first use)
     if not args.no_watch:
         server.watch_lore(s.lore.dir)  # hot reload: saved lore files are re-indexed while serving
     print(f"serving {len(rt.index.npcs())} NPCs on {s.server.endpoint} (dialogue model: {rt.model.name}); Ctrl-C stops", file=sys.stderr)

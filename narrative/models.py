@@ -671,6 +671,9 @@ class JsonGeneration:
         return self.completion_tokens / (self.decode_ms / 1000) if self.completion_tokens and self.decode_ms > 0 else 0.0
 
 
+RESAMPLE_TOP = 256
+"""Tokens the grammar is tried on first when the sampled token was rejected (then the whole vocabulary)."""
+
 _GRAMMAR_CACHE: dict[str, str] = {}
 _GRAMMAR_LOCK = threading.Lock()
 
@@ -755,8 +758,11 @@ def generate_json(
     plain chain (repeat penalty over the last `penalty_last_n` sampled tokens,
     top-k, top-p, temperature, seeded draw) picks a token, and only when the
     grammar rejects it is the grammar applied to the whole vocabulary and the
-    token drawn again. (llama-cpp-python's ``grammar=`` applies it to all
-    49k-152k tokens on every step: 2-5 tok/s inside long strings on 2 cores.)
+    token drawn again, among the `RESAMPLE_TOP` most likely tokens that the
+    grammar allows (the whole vocabulary only when none is). llama-cpp-python's
+    ``grammar=`` applies the grammar to all 49k-152k tokens on every step
+    (see ``benchmarks/batch.py --compare-grammar``). Control characters that a
+    grammar let through are re-escaped, so every string is valid JSON.
 
     Deterministic for the same model file, settings, prompt, schema and seed on
     one machine: the context is reset and decoded in the same splits every time.
@@ -767,6 +773,7 @@ def generate_json(
         ModelError: the schema is not supported or cannot be turned into a grammar.
     """
     import ctypes
+    import json
 
     import llama_cpp
     import numpy as np
@@ -807,6 +814,22 @@ def generate_json(
         arr = as_array(one)
         llama_cpp.llama_sampler_apply(grammar, ctypes.byref(arr))
         return bool(np.isfinite(one[0]["logit"]))
+
+    def resample(grammar) -> int:
+        # The grammar over the RESAMPLE_TOP most likely tokens first (cheap); over the whole
+        # vocabulary only when none of them is allowed. Then the chain draws among the survivors.
+        fill()
+        top = np.argpartition(-cand["logit"], RESAMPLE_TOP)[:RESAMPLE_TOP] if n_vocab > RESAMPLE_TOP else np.arange(n_vocab)
+        sub = np.ascontiguousarray(cand[np.sort(top)])
+        arr = as_array(sub)
+        llama_cpp.llama_sampler_apply(grammar, ctypes.byref(arr))
+        buf = sub
+        if not np.isfinite(sub["logit"]).any():
+            arr = fill()
+            llama_cpp.llama_sampler_apply(grammar, ctypes.byref(arr))
+            buf = cand
+        llama_cpp.llama_sampler_apply(chain, ctypes.byref(arr))
+        return int(buf[arr.selected]["id"])
 
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     for smpl in (
@@ -849,10 +872,7 @@ def generate_json(
                         tok = int(cand[arr.selected]["id"])
                         if model.is_stop(tok) or not allows(grammar, tok):
                             resamples += 1
-                            arr = fill()
-                            llama_cpp.llama_sampler_apply(grammar, ctypes.byref(arr))
-                            llama_cpp.llama_sampler_apply(chain, ctypes.byref(arr))
-                            tok = int(cand[arr.selected]["id"])
+                            tok = resample(grammar)
                         if model.is_stop(tok):  # only reachable when the grammar is complete
                             break
                         llama_cpp.llama_sampler_accept(grammar, tok)
@@ -864,7 +884,12 @@ def generate_json(
                             break
                 finally:
                     llama_cpp.llama_sampler_free(grammar)
-                pieces.append(llm.detokenize(value).decode("utf-8", errors="replace").rstrip(" \t\n"))
+                piece = llm.detokenize(value).decode("utf-8", errors="replace").rstrip(" \t\n")
+                try:  # re-escape: llama.cpp grammars match code points, so a raw control character can slip in
+                    piece = json.dumps(json.loads(piece, strict=False), ensure_ascii=False)
+                except ValueError:
+                    pass  # cut at max_tokens: left as is, the caller's validation reports it
+                pieces.append(piece)
                 if finish == "length":
                     break
             t2 = time.perf_counter()

@@ -22,8 +22,8 @@ def cmd_batch(args: argparse.Namespace, settings) -> int:
         settings.batch_model.path = args.model
     if args.threads:
         settings.batch_model.n_threads = args.threads
-    changes = {k: getattr(args, k) for k in ("seed", "max_tokens", "retries", "max_chars") if getattr(args, k) is not None}
-    options = BatchOptions(strict=args.strict, **changes)
+    changes = {k: getattr(args, k) for k in ("seed", "max_tokens", "retries", "max_chars", "lore_budget") if getattr(args, k) is not None}
+    options = BatchOptions(strict=args.strict, retry_on_findings=not args.no_retry_on_findings, **changes)
     try:
         entries = None
         if args.lore_files:
@@ -90,6 +90,8 @@ def register(sub, common: argparse.ArgumentParser, wrap) -> None:
     p.add_argument("--max-tokens", type=int, help="sampled tokens per attempt (default 700)")
     p.add_argument("--retries", type=int, help="extra attempts per item (default 2)")
     p.add_argument("--max-chars", type=int, help="cap every field's character limit")
+    p.add_argument("--lore-budget", type=int, help="approximate tokens of lore per prompt (default 1200; named entries always go in)")
+    p.add_argument("--no-retry-on-findings", action="store_true", help="retry only invalid outputs, not post-check errors")
     p.add_argument("--strict", action="store_true", help="items with error findings fail (not written)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=wrap(cmd_batch))

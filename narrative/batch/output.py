@@ -31,7 +31,7 @@ spec's ``limits`` overrides them per field or stage."""
 MIN_CHARS = {"title": 3, "summary": 20, "dialogue": 8, "journal": 10}
 """Min characters (grammar ``minLength``): rules out empty and one-word fields."""
 
-_BAD_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
+_BAD_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")  # tab, LF, CR allowed
 
 
 class OutputInvalid(ValueError):

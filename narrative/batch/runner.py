@@ -157,10 +157,11 @@ class QuestGenerator:
 
         Model settings that change logits (batch split, KV types, flash attention,
         context size); not ``n_threads`` (ggml's CPU matmuls split rows per thread,
-        so the thread count does not change results) nor the path (the file's
-        fingerprint stands for it).
+        so the thread count does not change results), ``n_seq_max`` (each sequence
+        has its own KV cells; generation resets the context) nor the path (the
+        file's fingerprint stands for it).
         """
-        ms = self.model_settings.model_dump(exclude={"path", "n_threads", "seed", "n_gpu_layers"})
+        ms = self.model_settings.model_dump(exclude={"path", "n_threads", "seed", "n_gpu_layers", "n_seq_max"})
         return canonical_digest({"model": ms, "options": (opts or self.options).shaping()})
 
     def vocabulary(self) -> set[str]:
