@@ -33,6 +33,7 @@ from narrative.batch.manifest import (
 )
 from narrative.batch.output import OutputInvalid, QuestMeta, QuestText, generation_schema, validate_generation
 from narrative.batch.prompt import PROMPT_VERSION, QuestPrompt, UnknownEntry, build_prompt
+from narrative.batch.report import write_batch_report
 from narrative.batch.spec import QuestSpec, SpecError, SpecFile, load_specs
 from narrative.settings import ModelSettings, Settings
 
@@ -443,13 +444,13 @@ def run_batch(
                     bar.set_postfix_str(f"{tokens_done / decode_s if decode_s else 0:.0f} tok/s, {spec.id}")
                     bar.update(1)
             results.append(r)
+            if it.action != "skip":  # a killed run still leaves a report of what it did
+                write_batch_report(out, BatchSummary(results, plan, time.perf_counter() - t0, problems, orphans), manifest)
             if on_item is not None:
                 on_item(r)
         if bar is not None:
             bar.close()
         summary = BatchSummary(results, plan, time.perf_counter() - t0, problems, orphans)
-        from narrative.batch.report import write_batch_report
-
         write_batch_report(out, summary, manifest)
         gen.close()
         return summary

@@ -60,3 +60,27 @@ def test_flare_quests_convert_with_steps(tmp_path):
     journal = reference["krolan"]["journal"]
     assert "Perdition Mines" in " ".join(journal.values())
     assert "Perdition Mines" not in (tmp_path / "specs" / "krolan.yaml").read_text()
+
+
+def test_review_puts_our_text_beside_theirs(tmp_path):
+    from narrative.batch.importers.review import write_review
+    from narrative.batch.output import JournalEntry, QuestMeta, QuestText
+
+    imp = tmp_path / "import"
+    cdda.convert(corpus("cdda_npcs_missions"), imp, limit=3)
+    spec = load_specs(imp / "specs")[0][0].spec
+    quest = QuestText(
+        id=spec.id, title="Boxes", summary="Someone wants boxes.",
+        dialogue={s: f"Our {s} line about {spec.goal.target}." for s in spec.stages},
+        journal=[JournalEntry(step=s, text="Bring the boxes.") for s in spec.journal_steps()],
+        meta=QuestMeta(key="k", model="m", seed=1, prompt_version="v", attempt=1),
+    )
+    out = tmp_path / "out"
+    (out / "quests").mkdir(parents=True)
+    (out / "quests" / f"{spec.id}.json").write_bytes(quest.dump())
+    page = write_review(out, imp).read_text()
+    theirs = json.loads((imp / "reference.json").read_text())[spec.id]["stages"]["offer"]
+    row = next(line for line in page.splitlines() if line.startswith("| offer |") and "Our offer" in line)
+    assert theirs.replace("|", "\\|").strip() in row
+    assert spec.goal.target in row.split("|")[4]  # the names column of our text
+    assert "generated and compared: 1" in page and "not generated yet: 2" in page
