@@ -225,3 +225,18 @@ def test_foreign_use_of_the_context_is_detected(models):
     assert g.cached_tokens == 0
     assert g.tokens == reference(m, prefix + b, [len(prefix)])
 
+
+
+def test_branch_matches_full_reevaluation_with_q8_kv_and_flash_attention(fixture_paths):
+    """The production configuration of the presets (q8_0 KV, flash attention) on the hybrid fixture."""
+    m = LlamaModel(ModelSettings(path=str(fixture_paths["qwen35"]), n_ctx=4096, n_batch=256, n_threads=2, n_seq_max=2,
+                                 type_k="q8_0", type_v="q8_0", flash_attn=True))
+    try:
+        prefix, a, b = parts(m)
+        e = fresh_engine(m)
+        greedy(e, "npc", prefix + a, [len(prefix)])
+        g = greedy(e, "npc", prefix + b, [len(prefix)])
+        assert g.cached_tokens == len(prefix) and e.stats.restored_checkpoints == 1
+        assert g.tokens == reference(m, prefix + b, [len(prefix)])
+    finally:
+        m.close()
