@@ -9,7 +9,9 @@ The retriever fuses its ranking with the vector ranking by reciprocal rank
 fusion (Cormack et al., SIGIR 2009, k = 60).
 
 Terms: lower-cased ``\\w+`` runs minus English stop words, with a plural ``s``
-stripped. The index is updated entry by entry (hot reload).
+stripped. The index is updated entry by entry (hot reload). A query skips
+terms found in more than ``max_postings`` entries (default 1000): in a large
+lorebook they cost the most and, by their low IDF, weigh the least.
 """
 
 from __future__ import annotations
@@ -48,9 +50,10 @@ def terms(text: str) -> list[str]:
 class Bm25Index:
     """BM25 scores of entries for a query; entries added and removed one by one."""
 
-    def __init__(self, k1: float = 1.2, b: float = 0.75) -> None:
+    def __init__(self, k1: float = 1.2, b: float = 0.75, max_postings: int = 1000) -> None:
         self.k1 = k1
         self.b = b
+        self.max_postings = max_postings  # terms in more entries are skipped: a per-turn cost bound (their IDF is low)
         self._post: dict[str, dict[str, int]] = {}  # term -> entry id -> term frequency
         self._len: dict[str, int] = {}  # entry id -> document length in terms
         self._terms: dict[str, Counter] = {}
@@ -99,7 +102,7 @@ class Bm25Index:
         scores: dict[str, float] = {}
         for t in set(terms(text)):
             post = self._post.get(t)
-            if not post:
+            if not post or len(post) > self.max_postings:
                 continue
             idf = math.log(1 + (n - len(post) + 0.5) / (len(post) + 0.5))
             for eid, tf in post.items():
