@@ -760,9 +760,13 @@ def generate_json(
     grammar rejects it is the grammar applied to the whole vocabulary and the
     token drawn again, among the `RESAMPLE_TOP` most likely tokens that the
     grammar allows (the whole vocabulary only when none is). llama-cpp-python's
-    ``grammar=`` applies the grammar to all 49k-152k tokens on every step
-    (see ``benchmarks/batch.py --compare-grammar``). Control characters that a
-    grammar let through are re-escaped, so every string is valid JSON.
+    ``grammar=`` instead applies the grammar to all 49k-152k tokens on every
+    step, at a cost that grows with the nesting a ``maxLength`` string creates;
+    ``benchmarks/batch.py --compare-grammar`` times both side by side (on a
+    loaded 2-core machine the comparison was not conclusive; see the issue
+    report). Forcing the structure also means a small model never has to get
+    keys, braces or ``const`` lines right. Control characters that a grammar
+    let through are re-escaped, so every string is valid JSON.
 
     Deterministic for the same model file, settings, prompt, schema and seed on
     one machine: the context is reset and decoded in the same splits every time.
