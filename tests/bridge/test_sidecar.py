@@ -166,7 +166,7 @@ def test_ping_answers_while_a_model_decodes(sidecar):
 
 
 def test_lore_query_over_the_bridge(client):
-    res = client.lore_query("Where can I find the Patient Heron?", npc=NPC)
+    res = client.lore_query("Any news of the missing barge?", npc=NPC)
     ids = [e.entry for e in res.entries]
     assert ids[0] == NPC and res.entries[0].why == "card"
     assert "loss-of-the-patient-heron" in ids
