@@ -28,9 +28,11 @@ from pydantic import ValidationError
 EPILOG = """examples:
   narrative demo
   narrative serve --lore samples/lore --endpoint tcp://127.0.0.1:5555
-  narrative chat mara-thorn
+  narrative chat odile-brask
   narrative lore index samples/lore
-  narrative lore query "who runs the docks?" --npc mara-thorn
+  narrative lore why --npc odile-brask "who runs the docks?"
+  narrative batch samples/quests --out build/narrative
+  narrative models plan --preset qwen3.5-27b-dialogue --ctx 262144
 
 settings: --config FILE.toml, or NARRATIVE_<SECTION>__<FIELD> environment variables,
 e.g. NARRATIVE_DIALOGUE_MODEL__PATH=/models/Qwen3.5-27B-Q4_K_M.gguf"""
@@ -195,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lore", type=Path, default=Path("samples/lore"))
     p.add_argument("--endpoint", default="tcp://127.0.0.1:5599")
     p.add_argument("--npcs", nargs="*", help="NPC ids to talk to (default: the first two in the script)")
+    p.add_argument("--no-batch", action="store_true", help="skip the build-time batch step")
     p.set_defaults(func=cmd_demo)
 
     from narrative.batch.cli import register as add_batch_commands

@@ -4,7 +4,9 @@
 2. start ``narrative serve`` as a child process (a real sidecar on ZeroMQ);
 3. a scripted client talks to two NPCs, three turns each, printing each line as
    it streams and one line of figures per turn (TTFT, tokens/s, lore used);
-4. stop the sidecar.
+4. stop the sidecar;
+5. a build-time batch run: quest text for every spec in ``samples/quests``
+   (``narrative batch``: incremental, so a second demo run skips them all).
 """
 
 from __future__ import annotations
@@ -93,5 +95,18 @@ def run_demo(args: argparse.Namespace) -> int:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+    if not getattr(args, "no_batch", False):
+        out = Path("build/narrative")
+        print(f"\n== 4. build-time batch: samples/quests -> {out}", flush=True)
+        cmd = [sys.executable, "-m", "narrative.cli", "batch", "samples/quests", "--out", str(out), "--lore", str(args.lore), "--state-dir", str(state_dir)]
+        if getattr(args, "config", None):
+            cmd += ["--config", str(args.config)]
+        rc = subprocess.call(cmd)
+        if rc != 0:
+            print(f"   batch exited with {rc}: see {out / 'report.md'}")
+        quests = sorted((out / "quests").glob("*.json"))
+        if quests:
+            print(f"   {len(quests)} quest files; the first one, {quests[0]}:")
+            print("   " + quests[0].read_text(encoding="utf-8")[:1200].replace("\n", "\n   "))
     print(f"\n== done in {time.perf_counter() - t0:.0f} s")
     return 0
