@@ -8,14 +8,13 @@ vectors with llama.cpp's embedding mode (mean pooling).
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import hashlib
 import importlib.util
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -465,90 +464,6 @@ class LlamaModel:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
         self.llm.close()
-
-    def stream(
-        self,
-        prompt: Sequence[int],
-        *,
-        max_tokens: int,
-        temperature: float,
-        top_p: float,
-        top_k: int,
-        repeat_penalty: float,
-        seed: int,
-        cancel: threading.Event | None = None,
-        on_text=None,
-    ) -> Generation:
-        """Decode `prompt` (reusing the longest cached prefix) and sample up to `max_tokens` tokens.
-
-        The plain ``Llama.generate`` path on sequence 0: on hybrid models it reuses
-        the cache only for a strict extension, and it clears every sequence, so
-        `narrative.context.ContextEngine` re-decodes its conversations after it.
-        Dialogue goes through the context engine instead.
-
-        Calls ``on_text(piece)`` for each decoded text piece (UTF-8 safe: a
-        multi-byte character split across tokens arrives whole).
-
-        Raises:
-            ContextOverflow: ``len(prompt) + max_tokens > n_ctx``.
-        """
-        prompt = list(prompt)
-        if len(prompt) + max_tokens > self.n_ctx:
-            raise ContextOverflow(f"prompt of {len(prompt)} tokens + max_tokens {max_tokens} exceeds n_ctx {self.n_ctx}")
-        llm = self.llm
-        cached = 0
-        for a, b in zip(llm._input_ids[: llm.n_tokens], prompt):
-            if a != b:
-                break
-            cached += 1
-        if llm._is_hybrid or llm._is_recurrent:
-            cached = cached if cached == llm.n_tokens and cached < len(prompt) else 0  # strict extension only
-        cached = min(cached, len(prompt) - 1)
-        llm.set_seed(seed)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        out: list[int] = []
-        pieces: list[str] = []
-        t0 = time.perf_counter()
-        t_first = None
-        finish = "length"
-        for tok in llm.generate(
-            prompt, temp=temperature, top_p=top_p, top_k=top_k, min_p=0.0, repeat_penalty=repeat_penalty
-        ):
-            if t_first is None:
-                t_first = time.perf_counter()
-            if self.is_stop(tok):
-                finish = "stop"
-                break
-            out.append(tok)
-            piece = decoder.decode(llm.detokenize([tok]))
-            if piece:
-                pieces.append(piece)
-                if on_text is not None:
-                    on_text(piece)
-            if cancel is not None and cancel.is_set():
-                finish = "cancelled"
-                break
-            if len(out) >= max_tokens:
-                finish = "length"
-                break
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            pieces.append(tail)
-            if on_text is not None:
-                on_text(tail)
-        t_end = time.perf_counter()
-        t_first = t_first or t_end
-        decode_s = t_end - t_first
-        return Generation(
-            tokens=out,
-            text="".join(pieces),
-            finish_reason=finish,
-            prompt_tokens=len(prompt),
-            cached_tokens=cached,
-            ttft_ms=(t_first - t0) * 1000,
-            total_ms=(t_end - t0) * 1000,
-            decode_tps=(len(out) - 1) / decode_s if len(out) > 1 and decode_s > 0 else 0.0,
-        )
 
 
 class Sampler:

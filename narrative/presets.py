@@ -61,7 +61,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field

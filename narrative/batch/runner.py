@@ -9,9 +9,7 @@ item recorded (or whose output already carries the current key).
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
