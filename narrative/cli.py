@@ -198,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", default="tcp://127.0.0.1:5599")
     p.add_argument("--npcs", nargs="*", help="NPC ids to talk to (default: the first two in the script)")
     p.add_argument("--no-batch", action="store_true", help="skip the build-time batch step")
+    p.add_argument("--batch-quests", type=int, default=3, metavar="N", help="quest specs the batch step generates (default 3; 0 = all)")
     p.set_defaults(func=cmd_demo)
 
     from narrative.batch.cli import register as add_batch_commands
