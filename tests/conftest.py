@@ -26,6 +26,23 @@ def need_corpora() -> Path:
     return CORPORA
 
 
+@pytest.fixture(scope="session")
+def fixture_paths() -> dict[str, Path]:
+    """The tiny random-weight qwen35 / qwen35moe GGUFs ({'qwen35': path, 'qwen35moe': path}), built once.
+
+    Skips when the llama-cpp-python sdist (their tokenizer and chat template) cannot be found or downloaded.
+    """
+    import subprocess
+
+    from tests.fixtures.make_qwen35 import build_fixtures, ensure_sdist
+
+    try:
+        sdist = ensure_sdist(ROOT / ".cache")
+    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        pytest.skip(f"llama-cpp-python sdist unavailable to build the qwen35 fixtures: {exc}")
+    return build_fixtures(ROOT / "tests" / ".fixtures", sdist)
+
+
 def make_settings(state_dir: Path, **server):
     from narrative.settings import ServerSettings, load_settings
 

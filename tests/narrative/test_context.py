@@ -9,7 +9,6 @@ same prompt decoded from token 0.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,17 +26,6 @@ LORE = (
     "Its docks are run by the Lantern Guild, whose master keeps the tide ledgers. "
     "Smugglers use the old salt tunnels under the fish market when the fog is thick. "
 )
-
-
-@pytest.fixture(scope="module")
-def fixture_paths() -> dict[str, Path]:
-    from tests.fixtures.make_qwen35 import build_fixtures, ensure_sdist
-
-    try:
-        sdist = ensure_sdist(ROOT / ".cache")
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        pytest.skip(f"llama-cpp-python sdist unavailable to build the qwen35 fixtures: {exc}")
-    return build_fixtures(ROOT / "tests" / ".fixtures", sdist)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ over the real sidecar too; conversations survive a restart; Qwen3.5's template."
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -48,14 +47,8 @@ def test_conversation_survives_a_restart(runtime, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def qwen35_path() -> Path:
-    from tests.fixtures.make_qwen35 import build_fixtures, ensure_sdist
-
-    try:
-        sdist = ensure_sdist(ROOT / ".cache")
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        pytest.skip(f"llama-cpp-python sdist unavailable to build the qwen35 fixtures: {exc}")
-    return build_fixtures(ROOT / "tests" / ".fixtures", sdist)["qwen35"]
+def qwen35_path(fixture_paths) -> Path:
+    return fixture_paths["qwen35"]
 
 
 def test_chat_format_matches_the_qwen35_template_with_thinking_off(qwen35_path):

@@ -42,17 +42,6 @@ def llama_buffers(path: str, n_ctx: int, n_seq: int, kv_type: str) -> dict[str, 
     return out
 
 
-@pytest.fixture(scope="module")
-def fixture_paths() -> dict[str, Path]:
-    from tests.fixtures.make_qwen35 import build_fixtures, ensure_sdist
-
-    try:
-        sdist = ensure_sdist(ROOT / ".cache")
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        pytest.skip(f"llama-cpp-python sdist unavailable to build the qwen35 fixtures: {exc}")
-    return build_fixtures(ROOT / "tests" / ".fixtures", sdist)
-
-
 @pytest.mark.parametrize(
     "name,n_ctx,n_seq,kv_type",
     [("qwen35", 8192, 4, "q8_0"), ("qwen35moe", 6144, 3, "q4_0"), ("smollm2", 4096, 2, "f16")],

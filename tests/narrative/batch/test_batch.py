@@ -30,14 +30,8 @@ OPTIONS = dict(max_chars=24, max_tokens=400, retries=1, retry_on_findings=False,
 
 
 @pytest.fixture(scope="module")
-def moe_path() -> Path:
-    from tests.fixtures.make_qwen35 import build_fixtures, ensure_sdist
-
-    try:
-        sdist = ensure_sdist(ROOT / ".cache")
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        pytest.skip(f"llama-cpp-python sdist unavailable to build the qwen35 fixtures: {exc}")
-    return build_fixtures(ROOT / "tests" / ".fixtures", sdist)["qwen35moe"]
+def moe_path(fixture_paths) -> Path:
+    return fixture_paths["qwen35moe"]
 
 
 def settings_for(model: Path, lore: Path):
