@@ -3,7 +3,7 @@
 ``<out>/manifest.json`` maps quest id -> record of a finished item: its key
 (sha256 of the components), the components (spec digest, digest of each lore
 entry in the prompt, model fingerprint, settings digest, prompt template
-version, seed), the output path and the sha256 of the output bytes.
+version, generator version, seed), the output path and the sha256 of the output bytes.
 
 Crash safety (kill -9 at any moment): every file is written to a temporary
 file in the same folder, fsynced, then ``os.replace``d over the target (atomic
@@ -99,6 +99,7 @@ class Components:
     model: str
     settings: str
     prompt_version: str
+    generator: str
     seed: int
 
     def as_dict(self) -> dict:
@@ -108,6 +109,7 @@ class Components:
             "model": self.model,
             "settings": self.settings,
             "prompt_version": self.prompt_version,
+            "generator": self.generator,
             "seed": self.seed,
         }
 
@@ -137,6 +139,8 @@ def reasons(old: dict | None, new: Components) -> list[str]:
         why.append("settings changed")
     if old.get("prompt_version") != new.prompt_version:
         why.append("prompt template changed")
+    if old.get("generator") != new.generator:
+        why.append("generator changed")
     if old.get("seed") != new.seed:
         why.append("seed changed")
     return why

@@ -33,6 +33,7 @@ from narrative.batch.output import OutputInvalid, QuestMeta, QuestText, generati
 from narrative.batch.prompt import PROMPT_VERSION, QuestPrompt, UnknownEntry, build_prompt
 from narrative.batch.report import write_batch_report
 from narrative.batch.spec import QuestSpec, SpecError, SpecFile, load_specs
+from narrative.models import JSON_GENERATOR
 from narrative.settings import ModelSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,7 @@ class QuestGenerator:
             model=self.fingerprint(),
             settings=self.settings_digest(opts),
             prompt_version=PROMPT_VERSION,
+            generator=JSON_GENERATOR,
             seed=self.seed_of(opts),
         )
 

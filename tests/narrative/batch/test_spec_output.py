@@ -105,11 +105,15 @@ def test_post_checks_find_placeholders_missing_mentions_forbidden_words_and_inve
 
 
 def test_manifest_reasons_and_atomic_write(tmp_path):
-    c = Components(spec="s", lore={"a": "1", "b": "2"}, model="m", settings="x", prompt_version="v", seed=1)
+    c = Components(spec="s", lore={"a": "1", "b": "2"}, model="m", settings="x", prompt_version="v", generator="g", seed=1)
     assert reasons(None, c) == ["new"]
     assert reasons(c.as_dict(), c) == []
-    c2 = Components(spec="s2", lore={"a": "1", "b": "3"}, model="m2", settings="x", prompt_version="v", seed=2)
+    c2 = Components(spec="s2", lore={"a": "1", "b": "3"}, model="m2", settings="x", prompt_version="v", generator="g", seed=2)
     assert reasons(c.as_dict(), c2) == ["spec changed", "lore changed: b", "model changed", "seed changed"]
+    c3 = Components(spec="s", lore={"a": "1", "b": "2"}, model="m", settings="x", prompt_version="v", generator="g2", seed=1)
+    assert reasons(c.as_dict(), c3) == ["generator changed"] and c3.key != c.key
+    old = {k: v for k, v in c.as_dict().items() if k != "generator"}  # a record written before the component existed
+    assert reasons(old, c) == ["generator changed"]
     m = Manifest(tmp_path / "manifest.json")
     m.record("q", {"key": c.key})
     assert Manifest.load(tmp_path / "manifest.json").items == {"q": {"key": c.key}}
