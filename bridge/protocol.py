@@ -195,6 +195,7 @@ class LoreWhy(BaseModel):
     lexical: float | None = Field(None, description="BM25 score of the entry's text for the line, when among the best.")
     found_in: str = ""
     source: str = ""
+    full_tokens: int | None = Field(None, description="Set when the entry was trimmed to its leading sentences to fit the budget: the whole entry's cost (``tokens`` is what was injected).")
 
 
 class LoreExplanation(_Msg):

@@ -34,8 +34,7 @@ def cmd_why(args: argparse.Namespace) -> int:
         from narrative.models import LlamaModel
 
         count = LlamaModel(s.dialogue_model).count_tokens
-    lo = s.lore
-    r = Retriever(index, count, lo.token_budget, lo.prefix_budget, lo.vector_k, lo.min_similarity, lo.scan_depth)
+    r = Retriever.from_settings(index, count, s.lore)
     try:
         if args.entry:
             for reason in diagnose(r, args.npc, args.text, args.entry, args.history or ()):

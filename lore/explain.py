@@ -41,6 +41,8 @@ def pick_dict(p: Pick, placement: str, source: str = "") -> dict:
         d["similarity"] = round(p.similarity, 4)
     if p.lexical is not None:
         d["lexical"] = round(p.lexical, 3)
+    if p.full_tokens is not None:
+        d["full_tokens"] = p.full_tokens
     return d
 
 
@@ -86,7 +88,8 @@ def diagnose(r: Retriever, npc_id: str, line: str, entry_id: str, history: Seque
     for placement, picks in (("prefix", sel.prefix), ("turn", sel.turn)):
         for p in picks:
             if p.entry.id == entry_id:
-                out.append(f"included in the {placement} ({p.why}{', ' + p.found_in if p.found_in else ''}), {p.tokens} tokens")
+                trimmed = f" (trimmed to fit; the whole entry needs {p.full_tokens})" if p.full_tokens else ""
+                out.append(f"included in the {placement} ({p.why}{', ' + p.found_in if p.found_in else ''}), {p.tokens} tokens{trimmed}")
     for p in sel.dropped:
         if p.entry.id == entry_id:
             out.append(f"triggered ({p.why}) but dropped: {p.reason}" + (f" ({sel.used}/{sel.budget} tokens used, it needs {p.tokens})" if p.reason == "budget" else ""))
@@ -137,6 +140,8 @@ def format_explanation(d: dict) -> str:
 
 def _why(x: dict) -> str:
     parts = [x["why"]]
+    if x.get("full_tokens"):
+        parts.append(f"trimmed to fit, whole entry {x['full_tokens']} tokens")
     if x.get("found_in") and x["found_in"] != "line":
         parts.append(f"in {x['found_in']}")
     if "similarity" in x and not x["why"].startswith("vector"):

@@ -91,7 +91,7 @@ class KeywordIndex:
 
     def __init__(self) -> None:
         self._by_word: dict[str, tuple[tuple[str, int, str], ...]] = {}  # first word -> (entry id, key rank, key)
-        self._scan: tuple[tuple[str, int, str], ...] = ()  # keys matched one by one
+        self._scan: tuple[tuple[str, int, str, str | None], ...] = ()  # keys matched one by one (+ lower-cased literal, None for regex keys)
         self._placed: dict[str, list[str | None]] = {}  # entry id -> bucket word per key (None: scan list)
         self._entries: dict[str, LoreEntry] = {}
 
@@ -101,7 +101,7 @@ class KeywordIndex:
     def rebuild(self, entries: Iterable[LoreEntry]) -> None:
         """Replace everything with `entries` (disabled ones included: the retriever reports them)."""
         by_word: dict[str, list[tuple[str, int, str]]] = {}
-        scan: list[tuple[str, int, str]] = []
+        scan: list[tuple[str, int, str, str | None]] = []
         placed: dict[str, list[str | None]] = {}
         stored: dict[str, LoreEntry] = {}
         for e in entries:
@@ -122,7 +122,7 @@ class KeywordIndex:
                 by_word.setdefault(words[0], []).append((e.id, rank, key))
                 where.append(words[0])
             else:
-                scan.append((e.id, rank, key))
+                scan.append((e.id, rank, key, None if parse_regex_key(key) is not None else key.lower()))
                 where.append(None)
         return where
 
@@ -168,10 +168,10 @@ class KeywordIndex:
                 if e is not None and key_pattern(key, *entry_options(e)).search(text):
                     best[eid] = (rank, key)
         lower = text.lower()
-        for eid, rank, key in self._scan:
+        for eid, rank, key, literal in self._scan:
             if eid in best and best[eid][0] <= rank:
                 continue
-            if key[:1] != "/" and key.lower() not in lower:
+            if literal is not None and literal not in lower:
                 continue  # a literal key absent from the text (cheap C-level check before any regex)
             e = entries.get(eid)
             if e is not None and key_pattern(key, *entry_options(e)).search(text):

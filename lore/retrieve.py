@@ -24,19 +24,27 @@ similarity only. Within a key tier: insertion order (``order``, higher first),
 then the longer (more specific) matched key, then similarity to the line. So a
 recursion-triggered entry never pushes out the entry the player named, and
 ``order`` decides among equally direct triggers. An entry that does not fit is
-dropped (reason ``budget``) and smaller ones after it may still fit.
+dropped (reason ``budget``) and smaller ones after it may still fit, except an
+entry named in the player's line or larger than the whole budget: that one is
+trimmed to the leading sentences that fit (``Pick.full_tokens`` records its
+whole cost). Recursion follows only entries that made it into the turn, so a
+turn's cost does not grow with the lorebook (benchmarks/lore_scale.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+import re
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal
 
 from lore.index import LoreIndex
 from lore.keywords import key_in, secondary_ok
 from lore.schema import Kind, LoreEntry
+
+if TYPE_CHECKING:
+    from narrative.settings import LoreSettings
 
 TokenCounter = Callable[[str], int]
 Mode = Literal["hybrid", "keywords", "vectors", "lexical"]
@@ -68,6 +76,8 @@ class Pick:
     ``step``: 0 when the conversation triggered it, n when an entry triggered at step n-1 did.
     ``found_in``: 'line', 'history:<n>' (n lines back), 'recursion:<entry id>', or '' (not by key).
     ``lexical``: BM25 score of the entry's text for the line, when it was among the best (`lore.lexical`).
+    ``full_tokens``: set when the entry was trimmed to fit the budget: the cost of the whole
+    entry (``entry`` is then a copy holding the leading sentences that fit, ``tokens`` their cost).
     """
 
     entry: LoreEntry
@@ -80,9 +90,11 @@ class Pick:
     step: int = 0
     found_in: str = ""
     lexical: float | None = None
+    full_tokens: int | None = None
 
 
 RRF_K = 60  # reciprocal rank fusion constant (Cormack, Clarke & Buettcher, SIGIR 2009)
+SENTENCE = re.compile(r"(?<=[.!?])\s+")  # sentence boundary used to trim an entry that does not fit
 
 
 @dataclass
@@ -164,6 +176,8 @@ class Retriever:
             embedder, BM25 first and embedding hits after it measured best
             (benchmarks/retrieval_quality.py --sweep: 84.5% vs 78.9% for equal
             weights over 71 cases); raise vector_weight with a real embedding model.
+        min_partial_tokens: the least budget left for which an entry that does
+            not fit whole is trimmed to its leading sentences (see `select`).
     """
 
     def __init__(
@@ -179,6 +193,7 @@ class Retriever:
         vector_weight: float = 0.0,
         lexical_weight: float = 1.0,
         rrf_k: int = RRF_K,
+        min_partial_tokens: int = 64,
     ) -> None:
         self.index = index
         self.count_tokens = count_tokens
@@ -191,9 +206,29 @@ class Retriever:
         self.vector_weight = vector_weight
         self.lexical_weight = lexical_weight
         self.rrf_k = rrf_k
+        self.min_partial_tokens = min_partial_tokens
+        self._triggers: dict[str, list[tuple[str, str]]] = {}
+        self._triggers_version = -1
         self._token_cache: dict[tuple[str, int, bool], int] = {}
         self._prefix_cache: dict[str, tuple[list[Pick], list[Pick]]] = {}
         self._prefix_version = -1
+
+    @classmethod
+    def from_settings(cls, index: LoreIndex, count_tokens: TokenCounter, lore: "LoreSettings") -> "Retriever":
+        """A retriever configured by `narrative.settings.LoreSettings` (every selection knob comes from there)."""
+        return cls(
+            index,
+            count_tokens,
+            token_budget=lore.token_budget,
+            prefix_budget=lore.prefix_budget,
+            vector_k=lore.vector_k,
+            min_similarity=lore.min_similarity,
+            scan_depth=lore.scan_depth,
+            max_recursion=lore.max_recursion,
+            vector_weight=lore.vector_weight,
+            lexical_weight=lore.lexical_weight,
+            min_partial_tokens=lore.min_partial_tokens,
+        )
 
     def npc(self, npc_id: str) -> LoreEntry:
         """The NPC's card. Raises `UnknownNpc`."""
@@ -283,6 +318,20 @@ class Retriever:
     ) -> Selection:
         """Select lore for one turn.
 
+        Fills ``token_budget`` tier by tier (see the module docstring): keys in
+        the line, keys in earlier lines, then recursion step by step, then
+        similarity. Recursion scans only the text of entries that were
+        included (SillyTavern scans the entries it activated, not the ones it
+        had to leave out), so its cost is bounded by the budget, not by the
+        size of the lorebook; the keys each entry's text contains are computed
+        once per index version (`triggers`).
+
+        An entry that does not fit whole is trimmed to whole sentences that fit
+        (``Pick.full_tokens`` holds its whole cost) when it was named in the
+        player's line or is larger than the whole budget (so it could never fit),
+        provided at least ``min_partial_tokens`` are left; otherwise it is
+        dropped (reason ``budget``) and smaller entries after it may still fit.
+
         Args:
             npc_id: who is spoken to.
             line: the player's line.
@@ -300,63 +349,137 @@ class Retriever:
         over = self.prefix_dropped(npc_id)
         skip = set(exclude or ()) | {p.entry.id for p in sel.prefix} | {p.entry.id for p in over}
         entries = self.index.entries
-        found: dict[str, Pick] = {}  # entry id -> triggered pick (before budget)
+        taken: set[str] = set()  # ids included in the turn or dropped for budget
         dropped: dict[str, Pick] = {}
+        ranked: list[Pick] = []  # every pick that reached the budget fill, in fill order
 
         def drop(e: LoreEntry, why: str, reason: str, **kw) -> None:
-            if e.id not in dropped and e.id not in found:
+            if e.id not in dropped and e.id not in taken:
                 dropped[e.id] = Pick(e, 0.0, why, self.tokens(e), reason, **kw)
 
-        if mode != "vectors":
-            self._trigger(npc, line, list(history), skip, found, drop)
+        def fill(picks: list[Pick]) -> list[Pick]:
+            """Add `picks` (one tier, ranked) to the turn while the budget lasts; returns those included."""
+            added = []
+            for p in picks:
+                taken.add(p.entry.id)
+                dropped.pop(p.entry.id, None)
+                ranked.append(p)
+                left = self.token_budget - sel.used
+                if p.tokens <= left:
+                    sel.used += p.tokens
+                    sel.turn.append(p)
+                    added.append(p)
+                    continue
+                part = None
+                if (p.found_in == "line" or p.tokens > self.token_budget) and left >= self.min_partial_tokens:
+                    part = self.trim(p.entry, left)
+                if part is None:
+                    sel.dropped.append(replace(p, reason=BUDGET))
+                    continue
+                entry, tokens = part
+                p = replace(p, entry=entry, tokens=tokens, full_tokens=p.tokens)
+                sel.used += tokens
+                sel.turn.append(p)
+                added.append(p)
+            return added
 
+        # similarity first: key-triggered picks carry their similarity too
+        sims: dict[str, float] = {}
+        bm25: dict[str, float] = {}
+        fused: dict[str, float] = {}
         if mode != "keywords" and self.vector_k > 0:
             dense = self.index.nearest(line, self.vector_k) if mode in ("vectors", "hybrid") else []
             lexical = self.index.lexical.search(line, self.vector_k) if mode in ("lexical", "hybrid") else []
             sims = {eid: sim for eid, sim in dense if sim >= self.min_similarity}
             bm25 = dict(lexical)
-            fused: dict[str, float] = {}  # reciprocal rank fusion (k = 60) of the dense and the lexical ranking
             for weight, ranking in ((self.vector_weight, [eid for eid, _ in dense if eid in sims]), (self.lexical_weight, [eid for eid, _ in lexical])):
                 for i, eid in enumerate(ranking):
                     fused[eid] = fused.get(eid, 0.0) + weight / (self.rrf_k + i + 1)
-            for eid, score in sorted(fused.items(), key=lambda kv: (-kv[1], kv[0])):
-                e = entries.get(eid)
-                if e is None or eid in skip or e.disabled or self.prefix_placed(e):
-                    continue
-                sim, lex = sims.get(eid), bm25.get(eid)
-                why = f"vector:{sim:.3f}" if sim is not None else f"text:{lex:.2f}"
-                if eid in found:
-                    p = found[eid]
-                    found[eid] = Pick(p.entry, score, p.why, p.tokens, key=p.key, similarity=sim, step=p.step, found_in=p.found_in, lexical=lex)
-                    continue
-                if eid in dropped:
-                    continue
-                if not knows(npc, e):
-                    drop(e, why, SCOPE, similarity=sim, lexical=lex)
-                    continue
-                found[eid] = Pick(e, score, why, self.tokens(e), similarity=sim, lexical=lex)
 
-        def rank(p: Pick) -> tuple:
-            if p.key is not None:
-                tier = 0 if p.found_in == "line" else 1 if p.found_in.startswith("history") else 2
-                return (tier, p.step, -p.entry.order, -len(p.key), -p.score, p.entry.id)
-            return (3, 0, 0, 0, -p.score, -(p.similarity if p.similarity is not None else -2.0), p.entry.id)
+        def annotate(p: Pick) -> Pick:
+            eid = p.entry.id
+            return replace(p, score=fused.get(eid, 0.0), similarity=sims.get(eid), lexical=bm25.get(eid))
 
-        ranked = sorted(found.values(), key=rank)
+        if mode != "vectors":
+            direct, texts = self._direct(npc, line, list(history), skip, drop)
+            included = fill(sorted(map(annotate, direct), key=_rank))
+            self._recurse(npc, line, texts, included, skip, taken, drop, fill, annotate)
+
+        similar: list[Pick] = []
+        for eid, score in sorted(fused.items(), key=lambda kv: (-kv[1], kv[0])):
+            e = entries.get(eid)
+            if e is None or eid in skip or eid in taken or eid in dropped or e.disabled or self.prefix_placed(e):
+                continue
+            sim, lex = sims.get(eid), bm25.get(eid)
+            why = f"vector:{sim:.3f}" if sim is not None else f"text:{lex:.2f}"
+            if not knows(npc, e):
+                drop(e, why, SCOPE, similarity=sim, lexical=lex)
+                continue
+            similar.append(Pick(e, score, why, self.tokens(e), similarity=sim, lexical=lex))
+        fill(sorted(similar, key=_rank))
+
         n = len(ranked)
-        for i, p in enumerate(ranked):
-            p = Pick(p.entry, float(n - i), p.why, p.tokens, "", p.key, p.similarity, p.step, p.found_in, p.lexical)
-            if sel.used + p.tokens <= self.token_budget:
-                sel.used += p.tokens
-                sel.turn.append(p)
-            else:
-                sel.dropped.append(Pick(p.entry, p.score, p.why, p.tokens, BUDGET, p.key, p.similarity, p.step, p.found_in, p.lexical))
+        rank_of = {p.entry.id: float(n - i) for i, p in enumerate(ranked)}
+        sel.turn = [replace(p, score=rank_of[p.entry.id]) for p in sel.turn]
+        sel.dropped = [replace(p, score=rank_of[p.entry.id]) for p in sel.dropped]
         sel.dropped.extend(sorted(dropped.values(), key=lambda p: (p.reason, p.entry.id)))
         sel.dropped.extend(over)
         return sel
 
-    def _trigger(self, npc: LoreEntry, line: str, history: list[str], skip: set[str], found: dict[str, Pick], drop) -> None:
-        """Keyword triggers over the conversation, then recursion over triggered entries' text."""
+    def trim(self, entry: LoreEntry, tokens: int) -> tuple[LoreEntry, int] | None:
+        """The longest run of the entry's leading sentences whose rendering costs at most `tokens`.
+
+        Returns a copy of the entry with the shortened text and its cost, or
+        None when not even the first sentence fits. Binary search over sentence
+        counts: O(log sentences) calls of the token counter.
+        """
+        sentences = SENTENCE.split(entry.text.strip())
+        lo, hi, best = 1, len(sentences), None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            part = entry.model_copy(update={"text": " ".join(sentences[:mid]) + " [...]"})
+            cost = self.count_tokens(render_entry(part))
+            if cost <= tokens:
+                best, lo = (part, cost), mid + 1
+            else:
+                hi = mid - 1
+        return best
+
+    def triggers(self, entry: LoreEntry) -> list[tuple[str, str]]:
+        """(entry id, key) of every entry whose primary key occurs in `entry`'s text, sorted by id.
+
+        Cached per entry until the index changes (recursion asks for the same
+        entries turn after turn; matching a long text costs ~0.1-1 ms at 10k entries).
+        """
+        if self._triggers_version != self.index.version:
+            self._triggers = {}
+            self._triggers_version = self.index.version
+        hit = self._triggers.get(entry.id)
+        if hit is None:
+            hit = self._triggers[entry.id] = sorted(self.index.keywords.match(entry.text).items())
+        return hit
+
+    def _consider(self, npc: LoreEntry, line: str, e: LoreEntry, key: str, step: int, found_in: str, window: str, drop) -> Pick | None:
+        """A triggered entry's pick, or None after recording why it cannot be used."""
+        why = f"key:{key}"
+        reason = None
+        if e.disabled:
+            reason = DISABLED
+        elif not knows(npc, e):
+            reason = SCOPE
+        elif not secondary_ok(e, window):
+            reason = SECONDARY
+        elif step < _delay(e) or (step > 0 and e.exclude_recursion):
+            reason = RECURSION
+        elif not roll(npc.id, line, e):
+            reason = PROBABILITY
+        if reason is not None:
+            drop(e, why, reason, key=key, step=step, found_in=found_in)
+            return None
+        return Pick(e, 0.0, why, self.tokens(e), key=key, step=step, found_in=found_in)
+
+    def _direct(self, npc: LoreEntry, line: str, history: list[str], skip: set[str], drop) -> tuple[list[Pick], list[str]]:
+        """Entries whose keys occur in the line or the scanned earlier lines (step 0), and the scanned texts (line first)."""
         entries = self.index.entries
         kw = self.index.keywords
         depth = max(self.scan_depth, self._max_scan_depth())
@@ -366,36 +489,7 @@ class Retriever:
             for eid, key in kw.match(text).items():
                 if eid not in hits:
                     hits[eid] = (key, back)
-
-        def window(e: LoreEntry) -> str:
-            d = self.scan_depth if e.scan_depth is None else e.scan_depth
-            return "\n".join(texts[: d + 1])
-
-        def consider(e: LoreEntry, key: str, step: int, found_in: str, extra: str) -> bool:
-            """True when the entry is activated (added to `found`)."""
-            why = f"key:{key}"
-            if e.disabled:
-                drop(e, why, DISABLED, key=key, step=step, found_in=found_in)
-                return False
-            if not knows(npc, e):
-                drop(e, why, SCOPE, key=key, step=step, found_in=found_in)
-                return False
-            if not secondary_ok(e, window(e) + "\n" + extra):
-                drop(e, why, SECONDARY, key=key, step=step, found_in=found_in)
-                return False
-            if step < _delay(e):
-                drop(e, why, RECURSION, key=key, step=step, found_in=found_in)
-                return False
-            if step > 0 and e.exclude_recursion:
-                drop(e, why, RECURSION, key=key, step=step, found_in=found_in)
-                return False
-            if not roll(npc.id, line, e):
-                drop(e, why, PROBABILITY, key=key, step=step, found_in=found_in)
-                return False
-            found[e.id] = Pick(e, 0.0, why, self.tokens(e), key=key, step=step, found_in=found_in)
-            return True
-
-        new: list[LoreEntry] = []
+        picks = []
         for eid, (key, back) in sorted(hits.items()):
             e = entries.get(eid)
             if e is None or eid in skip or self.prefix_placed(e):
@@ -403,32 +497,50 @@ class Retriever:
             d = self.scan_depth if e.scan_depth is None else e.scan_depth
             if back > d:
                 continue
-            if consider(e, key, 0, "line" if back == 0 else f"history:{back}", ""):
-                new.append(e)
+            window = "\n".join(texts[: d + 1])
+            p = self._consider(npc, line, e, key, 0, "line" if back == 0 else f"history:{back}", window, drop)
+            if p is not None:
+                picks.append(p)
+        return picks, texts
 
-        step = 0
+    def _recurse(self, npc: LoreEntry, line: str, texts: list[str], included: list[Pick], skip: set[str], taken: set[str], drop, fill, annotate) -> None:
+        """Recursion: keys in the text of the entries included at the previous step trigger the next step."""
+        entries = self.index.entries
         buffer = ""
-        while new:
+        step = 0
+        while included:
             step += 1
-            sources = [e for e in new if not e.prevent_recursion]
-            new = []
+            sources = [p.entry for p in included if not p.entry.prevent_recursion]
             if not sources:
-                break
+                return
+            buffer += "".join("\n" + src.text for src in sources)
+            picks: dict[str, Pick] = {}
             for src in sources:
-                text = src.text
-                buffer += "\n" + text
-                for eid, key in sorted(kw.match(text).items()):
+                for eid, key in self.triggers(entries.get(src.id, src)):
                     e = entries.get(eid)
-                    if e is None or eid in skip or eid in found or self.prefix_placed(e):
+                    if e is None or eid in skip or eid in taken or eid in picks or self.prefix_placed(e):
                         continue
+                    found_in = f"recursion:{src.id}"
                     if step > self.max_recursion:
                         if not e.disabled and knows(npc, e):
-                            drop(e, f"key:{key}", RECURSION, key=key, step=step, found_in=f"recursion:{src.id}")
+                            drop(e, f"key:{key}", RECURSION, key=key, step=step, found_in=found_in)
                         continue
-                    if consider(e, key, step, f"recursion:{src.id}", buffer):
-                        new.append(e)
+                    d = self.scan_depth if e.scan_depth is None else e.scan_depth
+                    window = "\n".join(texts[: d + 1]) + "\n" + buffer
+                    p = self._consider(npc, line, e, key, step, found_in, window, drop)
+                    if p is not None:
+                        picks[eid] = annotate(p)
             if step > self.max_recursion:
-                break
+                return
+            included = fill(sorted(picks.values(), key=_rank))
+
+
+def _rank(p: Pick) -> tuple:
+    """Budget order within a fill: key tiers (line, history, recursion), insertion order, longer key, fused score, similarity."""
+    if p.key is not None:
+        tier = 0 if p.found_in == "line" else 1 if p.found_in.startswith("history") else 2
+        return (tier, p.step, -p.entry.order, -len(p.key), -p.score, p.entry.id)
+    return (3, 0, 0, 0, -p.score, -(p.similarity if p.similarity is not None else -2.0), p.entry.id)
 
 
 def render_entry(entry: LoreEntry, speaker: bool = False) -> str:

@@ -142,7 +142,7 @@ def cmd_lore_query(args: argparse.Namespace) -> int:
         for eid, sim in index.nearest(args.text, s.lore.vector_k):
             print(f"{sim:6.3f}  {eid}")
         return 0
-    r = Retriever(index, lambda t: len(t.split()), s.lore.token_budget, s.lore.prefix_budget, s.lore.vector_k, s.lore.min_similarity)
+    r = Retriever.from_settings(index, lambda t: len(t.split()), s.lore)
     try:
         sel = r.select(args.npc, args.text)
     except UnknownNpc as exc:

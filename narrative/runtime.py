@@ -53,15 +53,6 @@ def build_runtime(settings: Settings, lore_dir: Path | None = None, sync: bool =
             log.warning("%s", problem)
         log.info("lore index: %s", report.summary())
     model = LlamaModel(settings.dialogue_model)
-    lo = settings.lore
-    retriever = Retriever(
-        index,
-        model.count_tokens,
-        token_budget=lo.token_budget,
-        prefix_budget=lo.prefix_budget,
-        vector_k=lo.vector_k,
-        min_similarity=lo.min_similarity,
-        scan_depth=lo.scan_depth,
-    )
+    retriever = Retriever.from_settings(index, model.count_tokens, settings.lore)
     engine = DialogueEngine(model, retriever, settings.sampling, settings.context, settings.state_dir)
     return Runtime(settings, model, embedder, index, retriever, engine, report)

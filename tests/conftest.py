@@ -82,7 +82,7 @@ def runtime(sample_state, embedder):
     index, _ = open_index(s, embedder)
     model = LlamaModel(s.dialogue_model)
     lo = s.lore
-    retriever = Retriever(index, model.count_tokens, lo.token_budget, lo.prefix_budget, lo.vector_k, lo.min_similarity, lo.scan_depth)
+    retriever = Retriever.from_settings(index, model.count_tokens, lo)
     return Runtime(s, model, embedder, index, retriever, DialogueEngine(model, retriever, s.sampling), None)
 
 

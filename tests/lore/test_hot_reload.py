@@ -58,7 +58,7 @@ def live(tmp_path, embedder):
     assert not index.sync(root).problems
     model = LlamaModel(s.dialogue_model)
     lo = s.lore
-    retriever = Retriever(index, model.count_tokens, lo.token_budget, lo.prefix_budget, lo.vector_k, lo.min_similarity, lo.scan_depth)
+    retriever = Retriever.from_settings(index, model.count_tokens, lo)
     server = SidecarServer(DialogueEngine(model, retriever, s.sampling), s.server, {})
     server.watch_lore(root)
     st = ServerThread(server)

@@ -173,6 +173,64 @@ def test_budget_overflow_is_reported_by_priority(tmp_path):
     assert sel.dropped[0].tokens == r.tokens(sel.dropped[0].entry) > 30
 
 
+def test_an_entry_named_in_the_line_is_trimmed_to_whole_sentences_that_fit(tmp_path):
+    sentences = [f"Fact number {i} about the aboleth is here." for i in range(20)]  # 8 words each
+    r = world(tmp_path, {
+        "small": lore("Small", "The lake is deep and cold.", keys=["lake"], order=200, name_is_key=False),
+        "aboleth": lore("Aboleth", " ".join(sentences), keys=["aboleth"], name_is_key=False),
+    }, token_budget=60, min_partial_tokens=20)
+    sel = r.select("tester", "what lives in the lake, an aboleth?")
+    assert turn_ids(sel) == ["small", "aboleth"] and not sel.dropped
+    small, part = sel.turn
+    whole = r.tokens(r.index.entries["aboleth"])
+    assert part.full_tokens == whole > 60 and part.tokens <= 60 - small.tokens and sel.used <= 60
+    kept = part.entry.text.removesuffix(" [...]")
+    n = len(kept.split(". "))
+    assert kept == " ".join(sentences[:n]) and 1 <= n < 20  # whole leading sentences only
+    assert r.tokens(part.entry) == part.tokens  # its cost is the cost of what is injected
+
+    # too little room left: dropped for budget, never trimmed below min_partial_tokens
+    r2 = world(tmp_path / "2", {
+        "small": lore("Small", "The lake is deep and cold.", keys=["lake"], order=200, name_is_key=False),
+        "aboleth": lore("Aboleth", " ".join(sentences), keys=["aboleth"], name_is_key=False),
+    }, token_budget=60, min_partial_tokens=55)
+    sel = r2.select("tester", "what lives in the lake, an aboleth?")
+    assert turn_ids(sel) == ["small"] and dropped(sel) == {"aboleth": BUDGET}
+    assert sel.dropped[0].full_tokens is None and sel.dropped[0].tokens == whole
+
+
+def test_an_entry_only_reached_by_recursion_is_dropped_whole_not_trimmed(tmp_path):
+    words = " ".join(["lore"] * 50) + "."
+    entries = {
+        "oil": lore("Oil", "Blue oil is sold at the exchange.", keys=["oil"], name_is_key=False),
+        "exchange": lore("Exchange", f"The exchange is busy. {words}", keys=["exchange"], name_is_key=False),
+    }
+    r = world(tmp_path, entries, token_budget=60, min_partial_tokens=5)
+    assert r.tokens(r.index.entries["exchange"]) <= 60  # it could fit alone, so it waits for a turn with room
+    sel = r.select("tester", "where can I buy oil?")
+    assert turn_ids(sel) == ["oil"] and dropped(sel) == {"exchange": BUDGET}
+    # larger than the whole budget: it could never fit, so it is trimmed into what is left
+    r = world(tmp_path / "2", entries, token_budget=40, min_partial_tokens=5)
+    sel = r.select("tester", "where can I buy oil?")
+    assert turn_ids(sel) == ["oil", "exchange"] and sel.turn[1].full_tokens > 40
+    assert sel.turn[1].entry.text == "The exchange is busy. [...]"
+
+
+def test_recursion_scans_only_entries_that_made_it_into_the_turn(tmp_path):
+    big = " ".join(["lore"] * 40) + " The smugglers know the captain."
+    r = world(tmp_path, {
+        "a": lore("A", "The rebels meet at the mill.", keys=["rebels"], order=200, name_is_key=False),
+        "mill": lore("Mill", "The mill grinds grain.", keys=["mill"], name_is_key=False),
+        "huge": lore("Huge", big, keys=["rebels"], order=1, name_is_key=False),
+        "captain": lore("Captain", "The captain is loyal.", keys=["captain"], name_is_key=False),
+    }, token_budget=30, min_partial_tokens=1000)
+    sel = r.select("tester", "tell me about the rebels")
+    assert turn_ids(sel) == ["a", "mill"]
+    assert dropped(sel) == {"huge": BUDGET}  # captain is only in huge's text: not triggered, not reported
+    assert r.triggers(r.index.entries["huge"]) == [("captain", "captain")]  # cached recursion targets
+    assert r.triggers(r.index.entries["a"]) == [("a", "rebels"), ("huge", "rebels"), ("mill", "mill")]
+
+
 def test_keyword_index_add_remove_matches_rebuild():
     def e(i: str, keys: list[str], **kw) -> LoreEntry:
         return LoreEntry(id=i, kind=Kind.lore, name=i, keys=keys, name_is_key=False, **kw)
