@@ -11,5 +11,5 @@ demo: setup
 test: setup
 	.venv/bin/python -m pytest tests -q
 
-bench: setup
-	.venv/bin/python benchmarks/retrieval.py
+bench: setup  # retrieval quality, batch throughput; lore_scale.py (a 10,000-entry index) and context_ttft.py (lore prefixes up to ~64k tokens) are left out as long runs: run them by hand
+	.venv/bin/python benchmarks/retrieval_quality.py && .venv/bin/python benchmarks/batch.py
