@@ -303,10 +303,11 @@ class LoreIndex:
 
         One entry appears once, with its best chunk's similarity.
         """
-        if k <= 0 or self._col.count() == 0:
+        n = self._col.count() if k > 0 else 0
+        if n == 0:
             return []
         [vec] = self.embed([text])
-        res = self._col.query(query_embeddings=[vec], n_results=min(k, self._col.count()), include=["metadatas", "distances"])
+        res = self._col.query(query_embeddings=[vec], n_results=min(k, n), include=["metadatas", "distances"])
         best: dict[str, float] = {}
         for meta, dist in zip(res["metadatas"][0], res["distances"][0]):
             eid = str(meta["entry_id"])

@@ -398,7 +398,9 @@ class Retriever:
 
         def annotate(p: Pick) -> Pick:
             eid = p.entry.id
-            return replace(p, score=fused.get(eid, 0.0), similarity=sims.get(eid), lexical=bm25.get(eid))
+            if eid not in fused:
+                return p
+            return replace(p, score=fused[eid], similarity=sims.get(eid), lexical=bm25.get(eid))
 
         if mode != "vectors":
             direct, texts = self._direct(npc, line, list(history), skip, drop)
