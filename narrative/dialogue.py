@@ -64,6 +64,7 @@ class Conversation:
     prefix_lore: list[str]
     turns: list[TurnRecord] = field(default_factory=list)
     injected: set[str] = field(default_factory=set)
+    index_version: int = -1  # the lore index version the prefix was built from
 
     def tokens(self, first_turn: int = 0) -> list[int]:
         out = list(self.prefix_tokens)
@@ -121,12 +122,13 @@ class DialogueEngine:
         return self.sessions_dir / state_file_name(self._key(session, npc_id)) if self.sessions_dir else None
 
     def _build_prefix(self, npc_id: str) -> Conversation:
+        version = self.retriever.index.version
         picks = self.retriever.prefix(npc_id)  # raises UnknownNpc
         npc = picks[0].entry
         lore = "\n\n".join(render_entry(p.entry, speaker=p.entry.id == npc_id) for p in picks)
         text = SYSTEM_TEMPLATE.format(name=npc.name, lore=lore)
         tokens = self.model.bos() + self.model.tokenize(self.model.format.system(text))
-        return Conversation(npc_id=npc_id, prefix_tokens=tokens, prefix_lore=[p.entry.id for p in picks])
+        return Conversation(npc_id=npc_id, prefix_tokens=tokens, prefix_lore=[p.entry.id for p in picks], index_version=version)
 
     def conversation(self, session: str, npc_id: str) -> Conversation:
         """The conversation for (`session`, `npc_id`): in memory, else saved under
@@ -138,7 +140,23 @@ class DialogueEngine:
                 conv = self._build_prefix(npc_id)
                 saved = self._restore(session, npc_id, conv)
                 self.conversations[key] = saved or conv
+            elif conv.index_version != self.retriever.index.version:
+                self._refresh_prefix(conv)
             return self.conversations[key]
+
+    def _refresh_prefix(self, conv: Conversation) -> None:
+        """After a lore change (hot reload), rebuild the conversation's stable prefix.
+
+        The turns stay as they were said; when the prefix text changed, the next
+        turn's prompt diverges from the cached tokens where the edit is, and the
+        context engine re-decodes from there (the NPC knows the edit from its
+        next line on). An unchanged prefix costs one prefix build, no decoding.
+        """
+        fresh = self._build_prefix(conv.npc_id)
+        if fresh.prefix_tokens != conv.prefix_tokens:
+            log.info("lore changed: prefix of %s rebuilt (%d -> %d tokens)", conv.npc_id, len(conv.prefix_tokens), len(fresh.prefix_tokens))
+            conv.prefix_tokens, conv.prefix_lore = fresh.prefix_tokens, fresh.prefix_lore
+        conv.index_version = fresh.index_version
 
     def _restore(self, session: str, npc_id: str, fresh: Conversation) -> Conversation | None:
         """Load a saved conversation whose stable prefix still equals `fresh`'s (lore unchanged)."""
@@ -159,7 +177,7 @@ class DialogueEngine:
         except (ModelError, OSError, ValueError, KeyError) as exc:
             log.warning("cannot restore %s: %s", path, exc)
             return None
-        conv = Conversation(npc_id=npc_id, prefix_tokens=list(meta["prefix_tokens"]), prefix_lore=list(meta["prefix_lore"]))
+        conv = Conversation(npc_id=npc_id, prefix_tokens=list(meta["prefix_tokens"]), prefix_lore=list(meta["prefix_lore"]), index_version=fresh.index_version)
         conv.turns = [TurnRecord(**t) for t in meta["turns"]]
         conv.injected = set(meta["injected"])
         log.info("restored conversation %s/%s (%d turns) from %s", session, npc_id, len(conv.turns), path)

@@ -64,14 +64,14 @@ def live(tmp_path, embedder):
     st = ServerThread(server)
     client = SidecarClient(st.start(), timeout_s=300)
     client.hello("hot-reload-test")
-    yield root, client, index
+    yield root, client, index, server
     client.close()
     st.stop()
     assert st.error is None, st.error
 
 
 def test_edit_break_fix_delete_while_connected(live):
-    root, client, index = live
+    root, client, index, _ = live
     f = root / "items" / "smokeglass.md"
     good = f.read_text()
     turn_ok(client, "Hello there.")
@@ -101,6 +101,24 @@ def test_edit_break_fix_delete_while_connected(live):
     why = client.lore_explain(NPC, "Tell me about smokeglass.")
     assert all(x.entry != "smokeglass" for x in why.included + why.dropped)
     turn_ok(client, "Tell me about smokeglass.")
+
+
+def test_an_edit_of_prefix_lore_reaches_an_open_conversation(live):
+    root, client, index, server = live
+    engine = server.engine
+    turn_ok(client, "Hello there.")
+    conv = next(c for (_, npc), c in engine.conversations.items() if npc == NPC)
+    before = engine.model.detokenize(conv.prefix_tokens)
+    assert "zebra-oath" not in before
+    f = root / "places" / "cracked-bellows.md"  # Odile's location: in her stable prefix
+    f.write_text(f.read_text().rstrip() + "\nEvery regular swears the zebra-oath at the door.\n")
+    wait_events(client, "lore.changed")
+    chunks, done = client.say_text(NPC, "What is new here?", max_tokens=2, temperature=0.0)
+    assert done.finish_reason in ("stop", "length"), done
+    assert "zebra-oath" in engine.model.detokenize(conv.prefix_tokens)
+    assert [t.player for t in conv.turns] == ["Hello there.", "What is new here?"]  # the history stays
+    # the engine re-decoded from the edit on: less than the old prefix was reused
+    assert done.tokens["cached"] < len(conv.prefix_tokens), done.tokens
 
 
 def test_polling_fallback_reindexes_one_file(tmp_path):
