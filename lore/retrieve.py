@@ -34,8 +34,8 @@ turn's cost does not grow with the lorebook (benchmarks/lore_scale.py).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -512,13 +512,16 @@ class Retriever:
         step = 0
         while included:
             step += 1
-            sources = [p.entry for p in included if not p.entry.prevent_recursion]
+            sources = [p for p in included if not p.entry.prevent_recursion]
             if not sources:
                 return
-            buffer += "".join("\n" + src.text for src in sources)
+            buffer += "".join("\n" + p.entry.text for p in sources)
             picks: dict[str, Pick] = {}
-            for src in sources:
-                for eid, key in self.triggers(entries.get(src.id, src)):
+            for source in sources:
+                src = source.entry
+                # a trimmed entry triggers only from the text that was injected
+                targets = self.triggers(src) if source.full_tokens is None else sorted(self.index.keywords.match(src.text).items())
+                for eid, key in targets:
                     e = entries.get(eid)
                     if e is None or eid in skip or eid in taken or eid in picks or self.prefix_placed(e):
                         continue
@@ -529,9 +532,9 @@ class Retriever:
                         continue
                     d = self.scan_depth if e.scan_depth is None else e.scan_depth
                     window = "\n".join(texts[: d + 1]) + "\n" + buffer
-                    p = self._consider(npc, line, e, key, step, found_in, window, drop)
-                    if p is not None:
-                        picks[eid] = annotate(p)
+                    pick = self._consider(npc, line, e, key, step, found_in, window, drop)
+                    if pick is not None:
+                        picks[eid] = annotate(pick)
             if step > self.max_recursion:
                 return
             included = fill(sorted(picks.values(), key=_rank))

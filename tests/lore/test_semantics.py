@@ -174,12 +174,14 @@ def test_budget_overflow_is_reported_by_priority(tmp_path):
 
 
 def test_an_entry_named_in_the_line_is_trimmed_to_whole_sentences_that_fit(tmp_path):
-    sentences = [f"Fact number {i} about the aboleth is here." for i in range(20)]  # 8 words each
+    sentences = [f"Fact number {i} about the aboleth is here." for i in range(19)] + ["It dreams of the abyss."]
     r = world(tmp_path, {
         "small": lore("Small", "The lake is deep and cold.", keys=["lake"], order=200, name_is_key=False),
         "aboleth": lore("Aboleth", " ".join(sentences), keys=["aboleth"], name_is_key=False),
+        "abyss": lore("Abyss", "Dark.", keys=["abyss"], name_is_key=False),
     }, token_budget=60, min_partial_tokens=20)
     sel = r.select("tester", "what lives in the lake, an aboleth?")
+    # the abyss is named only in the part of the aboleth that was cut: recursion does not see it
     assert turn_ids(sel) == ["small", "aboleth"] and not sel.dropped
     small, part = sel.turn
     whole = r.tokens(r.index.entries["aboleth"])
