@@ -3,7 +3,7 @@
     narrative batch SPECS --out DIR            generate what changed (progress bar, summary, report.md)
     narrative batch SPECS --out DIR --dry-run  list what would be generated and why
     narrative batch-import cdda|flare SRC --out DIR   convert a game's quests into specs + lore + reference text
-    narrative batch-review OUT_DIR --import-dir DIR   our text beside the designers', stage by stage (Markdown)
+    narrative batch-review OUT_DIR --import-dir DIR [--max-chars N]   our text beside the designers', stage by stage (Markdown)
 
 Exit codes: 0 all items done, 1 some item failed (or a spec is invalid), 2 bad usage/settings.
 """
@@ -66,7 +66,7 @@ def cmd_import(args: argparse.Namespace, settings) -> int:
 def cmd_review(args: argparse.Namespace, settings) -> int:
     from narrative.batch.importers.review import write_review
 
-    path = write_review(args.out, args.import_dir, args.report)
+    path = write_review(args.out, args.import_dir, args.report, args.max_chars)
     print(f"review: {path}")
     return 0
 
@@ -107,4 +107,5 @@ def register(sub, common: argparse.ArgumentParser, wrap) -> None:
     p.add_argument("out", type=Path, help="the batch output folder")
     p.add_argument("--import-dir", type=Path, required=True, help="the batch-import folder (reference.json, specs/)")
     p.add_argument("--report", type=Path, help="Markdown file to write (default OUT/review.md)")
+    p.add_argument("--max-chars", type=int, help="the --max-chars the batch ran with (post-checks tell 'cut' from 'unfinished' by it)")
     p.set_defaults(func=wrap(cmd_review))

@@ -37,8 +37,12 @@ def _uses(text: str, names: list[str]) -> str:
     return ", ".join(hits) or "-"
 
 
-def write_review(out: Path, import_dir: Path, report: Path | None = None) -> Path:
+def write_review(out: Path, import_dir: Path, report: Path | None = None, cap: int | None = None) -> Path:
     """Write the review page (default ``<out>/review.md``) and return its path.
+
+    `cap` is the character cap the batch ran with (``narrative batch --max-chars``):
+    the post-checks need it to tell a text cut at its limit (``cut``) from one
+    that merely does not end a sentence (``unfinished``).
 
     Raises:
         FileNotFoundError: ``reference.json`` or the specs folder is missing.
@@ -82,7 +86,7 @@ def write_review(out: Path, import_dir: Path, report: Path | None = None) -> Pat
             body.append(f"| {stage} | {_cell(ours)} | {len(ours)} | {_uses(ours, names)} | {_cell(theirs)} | {len(theirs)} | {_uses(theirs, names)} |")
         body += ["", f"*Our summary*: {quest.summary}", ""]
         body += [f"*Our journal*: " + " / ".join(f"[{e.step}] {e.text}" for e in quest.journal), ""]
-        fnd = [f.to_dict() for f in check_quest(quest, spec, vocab | lore_vocabulary([], spec))] if spec else []
+        fnd = [f.to_dict() for f in check_quest(quest, spec, vocab | lore_vocabulary([], spec), cap)] if spec else []
         for f in fnd:
             checks[(f["check"], f["severity"])] += 1
         if fnd:
@@ -91,7 +95,8 @@ def write_review(out: Path, import_dir: Path, report: Path | None = None) -> Pat
     head = ["# Review: generated quest text beside the designers' text", "",
             f"Quests in the reference: {len(reference)}; generated and compared: {compared}; "
             f"failed (no valid text after retries, in the last run): {status['failed']}; not generated yet: {status['not generated']}.",
-            "Post-check findings are computed here, on the files as they are (see narrative/batch/checks.py).", ""]
+            "Post-check findings are computed here, on the files as they are (see narrative/batch/checks.py)"
+            + (f", with the batch's {cap}-character cap." if cap else "."), ""]
     if compared + status["failed"]:
         head.append(f"Failure rate (no valid text after retries): {status['failed'] / (compared + status['failed']):.0%}.")
         head.append("")

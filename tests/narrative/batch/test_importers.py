@@ -84,3 +84,10 @@ def test_review_puts_our_text_beside_theirs(tmp_path):
     assert theirs.replace("|", "\\|").strip() in row
     assert spec.goal.target in row.split("|")[4]  # the names column of our text
     assert "generated and compared: 1" in page and "not generated yet: 2" in page
+
+    # a line that stops at the batch's character cap is 'cut' only when the review knows the cap
+    stage = spec.stages[0]
+    capped = quest.model_copy(update={"dialogue": {**quest.dialogue, stage: "Bring me the boxes and"}})
+    (out / "quests" / f"{spec.id}.json").write_bytes(capped.dump())
+    assert f"unfinished (dialogue.{stage})" in write_review(out, imp, tmp_path / "a.md").read_text()
+    assert f"cut (dialogue.{stage})" in write_review(out, imp, tmp_path / "b.md", cap=22).read_text()
