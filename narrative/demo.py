@@ -101,7 +101,7 @@ def run_demo(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "narrative.cli", "batch", "samples/quests", "--out", str(out), "--lore", str(args.lore), "--state-dir", str(state_dir)]
         specs = sorted(p.stem for p in Path("samples/quests").glob("*.yaml"))
         if args.batch_quests and args.batch_quests < len(specs):
-            # grammar-constrained JSON on 2 CPU cores takes ~1 min per quest: the demo does a few;
+            # grammar-constrained JSON on 2 CPU cores takes ~13 s per quest (benchmarks/batch.py, quiet machine): the demo does a few;
             # `narrative batch samples/quests --out build/narrative` does the rest, skipping these
             print(f"   {args.batch_quests} of {len(specs)} specs (--batch-quests 0 for all)")
             cmd += ["--only", *specs[: args.batch_quests]]
