@@ -54,5 +54,6 @@ def build_runtime(settings: Settings, lore_dir: Path | None = None, sync: bool =
         log.info("lore index: %s", report.summary())
     model = LlamaModel(settings.dialogue_model)
     retriever = Retriever.from_settings(index, model.count_tokens, settings.lore)
+    retriever.warm()
     engine = DialogueEngine(model, retriever, settings.sampling, settings.context, settings.state_dir)
     return Runtime(settings, model, embedder, index, retriever, engine, report)
