@@ -1,6 +1,6 @@
 """Lore at scale: 10,000 generated entries -> full index, one-file re-index, selection latency per turn.
 
-    .venv/bin/python benchmarks/lore_scale.py [--entries 10000] [--turns 1000] [--model-sample 64]
+    .venv/bin/python benchmarks/lore_scale.py [--entries 10000] [--turns 1000] [--model-sample 64] [--compare-rev aef41c8]
 
 What runs for real: lore files on disk (one Markdown file per entry), the loader,
 chromadb on disk (HNSW, cosine), the keyword index, `Retriever.select` with the
@@ -143,6 +143,40 @@ def naive_match(entries, line: str) -> int:
     return n
 
 
+def compare_rev(rev: str, index, current, npc_ids: list[str], lines: list[str]) -> list[tuple[str, str]]:
+    """Time `Retriever.select` of lore/retrieve.py at git revision `rev` against the current one,
+    interleaved turn by turn on the same index and lines (token costs shared, so both are warm)."""
+    import importlib.util
+    import subprocess
+
+    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:lore/retrieve.py"], check=True, capture_output=True, text=True).stdout
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "retrieve_at_rev.py"
+        path.write_text(src)
+        spec = importlib.util.spec_from_file_location("retrieve_at_rev", path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # dataclasses look their module up there
+        spec.loader.exec_module(mod)
+    old = mod.Retriever(index, current.count_tokens, token_budget=current.token_budget, prefix_budget=current.prefix_budget, vector_k=current.vector_k)
+    old._token_cache = current._token_cache
+    lat: dict[str, list[float]] = {"old": [], "new": []}
+    size = {"old": 0, "new": 0}
+    for i, line in enumerate(lines):
+        npc = npc_ids[i % len(npc_ids)]
+        hist = [lines[i - 1], lines[i - 2]] if i >= 2 else []
+        for name, r in (("old", old), ("new", current)):
+            t0 = time.perf_counter()
+            sel = r.select(npc, line, hist, mode="keywords")
+            lat[name].append((time.perf_counter() - t0) * 1000)
+            size[name] += len(sel.turn)
+    o50, o99, n50, n99 = pct(lat["old"], .5), pct(lat["old"], .99), pct(lat["new"], .5), pct(lat["new"], .99)
+    return [
+        (f"select at {rev} vs now, keywords, side by side: p50", f"{o50:.1f} vs {n50:.1f} ms ({o50 / n50:.0f}x)"),
+        (f"select at {rev} vs now, keywords, side by side: p99", f"{o99:.1f} vs {n99:.1f} ms ({o99 / n99:.0f}x)"),
+        (f"entries in the turn at {rev} vs now (mean)", f"{size['old'] / len(lines):.2f} vs {size['new'] / len(lines):.2f}"),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     from lore.index import LoreIndex
     from lore.loader import load_dir
@@ -157,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-sample", type=int, default=64, help="entries embedded with the real model, to time it")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--compare-rev", metavar="REV", help="also time lore/retrieve.py as of git revision REV, side by side with the current one (keywords mode)")
+    ap.add_argument("--compare-turns", type=int, default=200, help="turns of the side-by-side comparison")
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
     rows = Rows()
@@ -247,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             index.keywords.match(line)
         t_kw = (time.perf_counter() - t0) * 1000 / len(sample)
         rows.append(("key matching per line: regex per key (replaced) vs keyword index", f"{t_naive:.1f} ms vs {t_kw:.3f} ms ({t_naive / max(t_kw, 1e-9):.0f}x)"))
+        if args.compare_rev:
+            rows += compare_rev(args.compare_rev, index, r, npc_ids, lines[: args.compare_turns])
 
         emb = LlamaEmbedder(EmbeddingSettings(n_threads=args.threads))
         docs = [f.entries[0] for f in files if f.entries[0].kind.value == "lore"][: args.model_sample]
