@@ -420,7 +420,12 @@ class Retriever:
         similar: list[Pick] = []
         for eid, score in sorted(fused.items(), key=lambda kv: (-kv[1], kv[0])):
             e = entries.get(eid)
-            if e is None or eid in skip or eid in taken or eid in dropped or e.disabled or self.prefix_placed(e):
+            if e is None or eid in skip or eid in taken or e.disabled or self.prefix_placed(e):
+                continue
+            if eid in dropped and (dropped[eid].reason != RECURSION or dropped[eid].step == 0):
+                # a key hit vetoed by its own rules (secondary keys, probability, delay_until_recursion
+                # for the player's words) stays out; one that recursion merely reached (past
+                # max_recursion, or exclude_recursion) is a similarity hit like any other
                 continue
             sim, lex = sims.get(eid), bm25.get(eid)
             why = f"vector:{sim:.3f}" if sim is not None else f"text:{lex:.2f}"

@@ -300,3 +300,26 @@ def test_hybrid_fuses_vectors_and_bm25_after_keys(tmp_path):
     sel = r.select("tester", "Is the inn open? What fuel burns blue?")
     assert turn_ids(sel)[:2] == ["inn", "oil"]  # a key hit comes before any similarity hit
     assert [p.entry.id for p in r.select("tester", "burns blue without smoke", mode="keywords").turn] == []
+
+
+def test_an_entry_past_the_recursion_limit_can_still_come_in_by_similarity(tmp_path):
+    # 'mill' is named in the text of 'a' (recursion step 1) and is the entry most similar to the line;
+    # with recursion off (max_recursion 0) it must still be found by similarity, not shut out as 'recursion'
+    entries = {
+        "a": lore("A", "The rebels meet at the mill.", keys=["rebels"], name_is_key=False),
+        "mill": lore("Mill", "The mill grinds barley and rye for the bakers.", keys=["mill"], name_is_key=False),
+        "goats": lore("Goats", "Unrelated goats.", keys=["goat"], name_is_key=False),
+    }
+    line = "do the rebels buy barley and rye for the bakers?"
+    sel = world(tmp_path / "0", entries, max_recursion=0, vector_k=8).select("tester", line)
+    assert turn_ids(sel)[:2] == ["a", "mill"] and sel.turn[1].key is None and sel.turn[1].lexical > 0
+    assert "mill" not in dropped(sel)
+    sel = world(tmp_path / "1", entries, max_recursion=1, vector_k=8).select("tester", line)
+    assert turn_ids(sel)[:2] == ["a", "mill"] and sel.turn[1].found_in == "recursion:a"
+    # a secondary-key or probability veto still keeps it out of the similarity hits
+    vetoed = {**entries, "mill": {**entries["mill"], "secondary_keys": ["flour"]}}
+    sel = world(tmp_path / "2", vetoed, max_recursion=1, vector_k=8).select("tester", line)
+    assert "mill" not in turn_ids(sel) and dropped(sel)["mill"] == SECONDARY
+    delayed = {**entries, "mill": {**entries["mill"], "delay_until_recursion": True}}
+    sel = world(tmp_path / "3", delayed, max_recursion=0, vector_k=8).select("tester", "the mill grinds barley and rye")
+    assert "mill" not in turn_ids(sel) and dropped(sel)["mill"] == RECURSION  # its key is in the line: the delay holds
