@@ -101,7 +101,11 @@ def diagnose(r: Retriever, npc_id: str, line: str, entry_id: str, history: Seque
     depth = r.scan_depth if e.scan_depth is None else e.scan_depth
     scanned = [line, *list(history)[-depth:][::-1]] if depth else [line]
     hit = next((k for k in keys for t in scanned if key_in(e, k, t)), None)
-    if hit is None:
+    via = next((p for p in sel.turn + sel.dropped if p.entry.id == entry_id and p.found_in.startswith("recursion:")), None)
+    if hit is None and via is not None:
+        src = via.found_in.split(":", 1)[1]
+        out.append(f"none of {keys} occurs in the line or the {depth} earlier line(s); key {via.key!r} is in the text of {src!r} (recursion step {via.step})")
+    elif hit is None:
         out.append(f"not triggered by keys: none of {keys} occurs in the line or the {depth} earlier line(s) scanned")
     else:
         text = "\n".join(scanned)

@@ -35,3 +35,16 @@ def test_explain_tells_not_triggered_from_over_budget(tmp_path):
     assert any(w.startswith("not triggered by keys: none of ['rain']") for w in why_weather)
     assert any("scope: known_by ['duke']" in w for w in diagnose(r, "inn", "One ale, please.", "plot"))
     assert diagnose(r, "inn", "hi", "nothing")[0].startswith("'nothing' is not in the index")
+
+
+def test_diagnose_of_an_entry_triggered_by_recursion_says_so(tmp_path):
+    entries = {
+        "rebels": {"kind": "lore", "name": "Rebels", "text": "The rebels meet at the mill.", "keys": ["rebels"], "name_is_key": False},
+        "mill": {"kind": "lore", "name": "Mill", "text": "The mill grinds grain.", "keys": ["mill"], "name_is_key": False},
+    }
+    why = diagnose(world(tmp_path / "1", entries), "tester", "who are the rebels?", "mill")
+    assert why[0].startswith("included in the turn (key:mill, recursion:rebels)")
+    assert not any(w.startswith("not triggered by keys") for w in why), why  # it was: by recursion
+    assert any("in the text of 'rebels' (recursion step 1)" in w for w in why), why
+    why = diagnose(world(tmp_path / "2", entries, max_recursion=0), "tester", "who are the rebels?", "mill")
+    assert why[0] == "triggered (key:mill) but dropped: recursion" and any("recursion step 1" in w for w in why), why
