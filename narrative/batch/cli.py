@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 def cmd_batch(args: argparse.Namespace, settings) -> int:
-    from narrative.batch.runner import BatchOptions, OutputLocked, run_batch
+    from narrative.batch.runner import BatchOptions, OutputLocked, UnknownQuest, run_batch
 
     if args.model:
         settings.batch_model.path = args.model
@@ -34,7 +34,7 @@ def cmd_batch(args: argparse.Namespace, settings) -> int:
             args.specs, args.out, settings, options, force=args.force, dry_run=args.dry_run, only=args.only,
             progress=not args.no_progress, entries=entries,
         )
-    except OutputLocked as exc:
+    except (OutputLocked, UnknownQuest) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for p in summary.spec_problems:

@@ -308,6 +308,10 @@ class OutputLocked(RuntimeError):
     """Another batch run holds the output folder's lock."""
 
 
+class UnknownQuest(ValueError):
+    """``only`` names a quest id that no spec under the specs folder has."""
+
+
 def _read_output(path: Path) -> tuple[bytes, QuestText] | None:
     try:
         data = path.read_bytes()
@@ -384,11 +388,19 @@ def run_batch(
     Raises:
         FileNotFoundError: `specs_dir` or the lore folder does not exist.
         OutputLocked: another run is writing to `out`.
+        UnknownQuest: `only` names a quest id no spec has.
         narrative.models.ModelError: the model cannot be loaded.
     """
     t0 = time.perf_counter()
     specs, problems = load_specs(specs_dir)
     if only:
+        known = sorted(s.spec.id for s in specs)
+        unknown = [q for q in only if q not in known]
+        if unknown:
+            msg = f"--only: no quest spec with id {', '.join(map(repr, unknown))} in {specs_dir} (known: {', '.join(known) or 'none'})"
+            if problems:
+                msg += "; these spec files did not load:\n" + "\n".join(problems)
+            raise UnknownQuest(msg)
         specs = [s for s in specs if s.spec.id in set(only)]
     if entries is None:
         entries = sync_lore(settings)
@@ -567,4 +579,5 @@ __all__ = [
     "plan_batch",
     "run_batch",
     "sync_lore",
+    "UnknownQuest",
 ]

@@ -120,3 +120,16 @@ def test_manifest_reasons_and_atomic_write(tmp_path):
     atomic_write(tmp_path / "x.json", b"{}")
     assert (tmp_path / "x.json").read_bytes() == b"{}"
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_only_with_an_unknown_quest_id_is_a_usage_error(tmp_path, capsys):
+    from narrative.batch.runner import BatchOptions, UnknownQuest, run_batch
+    from narrative.cli import main
+    from narrative.settings import load_settings
+
+    with pytest.raises(UnknownQuest, match=r"'harrows-lmap'.*known: .*harrows-lamp"):
+        run_batch(QUESTS, tmp_path / "out", load_settings(), BatchOptions(), only=["harrows-lamp", "harrows-lmap"], entries={})
+    assert not (tmp_path / "out").exists()  # nothing planned, nothing written
+    # a typo in --only used to generate nothing and exit 0
+    rc = main(["batch", str(QUESTS), "--out", str(tmp_path / "out"), "--lore", str(ROOT / "samples" / "lore"), "--lore-files", "--only", "harrows-lmap"])
+    assert rc == 2 and "harrows-lmap" in capsys.readouterr().err
