@@ -23,7 +23,30 @@ TOKENS_PER_WORD = 1.3
 
 
 class UnknownEntry(KeyError):
-    """The spec names an entry id that the lore index does not have (or has disabled)."""
+    """The spec names an entry id that the lore index does not have (or has disabled).
+
+    ``loc``: the YAML path of the spec field that names it, e.g. ``("lore", 0)``.
+    """
+
+    def __init__(self, message: str, loc: tuple = ()) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def _field_of(spec: QuestSpec, eid: str) -> tuple:
+    """The YAML path of the first spec field naming entry `eid`."""
+    if eid == spec.giver:
+        return ("giver",)
+    if eid == spec.location:
+        return ("location",)
+    for name in ("factions", "npcs", "lore"):
+        ids = getattr(spec, name)
+        if eid in ids:
+            return (name, ids.index(eid))
+    for i, step in enumerate(spec.steps):
+        if step.location == eid:
+            return ("steps", i, "location")
+    return ()
 
 
 @dataclass(frozen=True)
@@ -61,10 +84,12 @@ def select_lore(spec: QuestSpec, entries: Mapping[str, LoreEntry], budget: int) 
     for eid in spec.referenced_ids():
         e = entries.get(eid)
         if e is None or e.disabled:
-            raise UnknownEntry(f"quest {spec.id!r} names lore entry {eid!r}, which is not in the lore index")
+            loc = _field_of(spec, eid)
+            state = "is disabled" if e is not None else "is not in the lore"
+            raise UnknownEntry(f"{'.'.join(map(str, loc))}: quest {spec.id!r} names lore entry {eid!r}, which {state}", loc)
         named.append(e)
     if named[0].npc is None:
-        raise UnknownEntry(f"quest {spec.id!r}: giver {spec.giver!r} is a {named[0].kind.value}, not an npc entry")
+        raise UnknownEntry(f"giver: quest {spec.id!r}: giver {spec.giver!r} is a {named[0].kind.value}, not an npc entry", ("giver",))
     used = sum(approx_tokens(render_entry(e, speaker=e.id == spec.giver)) for e in named)
     text = spec_text(spec)
     hits = [e for e in entries.values() if not e.disabled and e.id not in {n.id for n in named} and key_match(e.all_keys(), text)]

@@ -32,7 +32,7 @@ from narrative.batch.manifest import (
 from narrative.batch.output import OutputInvalid, QuestMeta, QuestText, generation_schema, validate_generation
 from narrative.batch.prompt import PROMPT_VERSION, QuestPrompt, UnknownEntry, build_prompt
 from narrative.batch.report import write_batch_report
-from narrative.batch.spec import QuestSpec, SpecError, SpecFile, load_specs
+from narrative.batch.spec import QuestSpec, SpecError, SpecFile, _key_lines, load_specs
 from narrative.models import JSON_GENERATOR
 from narrative.settings import ModelSettings, Settings
 
@@ -320,6 +320,18 @@ def _read_output(path: Path) -> tuple[bytes, QuestText] | None:
         return None
 
 
+def _line_of(path: Path, loc: tuple) -> int:
+    """1-based line of the YAML path `loc` in the spec file `path` (0 when unknown)."""
+    try:
+        lines = _key_lines(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return 0
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return 0
+
+
 def plan_batch(specs: list[SpecFile], gen: QuestGenerator, manifest: Manifest, out: Path, force: bool) -> list[PlanItem]:
     """Decide per spec: ``skip`` (recorded, output intact), ``adopt`` (output already carries the
     current key but the manifest missed it: a crash between the two writes), ``generate`` (with
@@ -330,7 +342,7 @@ def plan_batch(specs: list[SpecFile], gen: QuestGenerator, manifest: Manifest, o
         try:
             comps = gen.components(spec)
         except UnknownEntry as exc:
-            plan.append(PlanItem(sf, "error", [], error=f"{sf.path}: {exc.args[0]}"))
+            plan.append(PlanItem(sf, "error", [], error=f"{sf.path}:{_line_of(sf.path, exc.loc)}: {exc.args[0]}"))
             continue
         path = out / "quests" / f"{spec.id}.json"
         record = manifest.items.get(spec.id)

@@ -133,3 +133,21 @@ def test_only_with_an_unknown_quest_id_is_a_usage_error(tmp_path, capsys):
     # a typo in --only used to generate nothing and exit 0
     rc = main(["batch", str(QUESTS), "--out", str(tmp_path / "out"), "--lore", str(ROOT / "samples" / "lore"), "--lore-files", "--only", "harrows-lmap"])
     assert rc == 2 and "harrows-lmap" in capsys.readouterr().err
+
+
+def test_a_spec_naming_missing_or_disabled_lore_is_reported_with_line_and_field(tmp_path):
+    from narrative.batch.runner import BatchOptions, read_lore_files, run_batch
+    from narrative.settings import load_settings
+
+    entries = read_lore_files(ROOT / "samples" / "lore")
+    entries["smokeglass"] = entries["smokeglass"].model_copy(update={"disabled": True})
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "missing.yaml").write_text("giver: nettle-amsby\nobjective: Fetch it.\nlore:\n  - smokeglass-x\n")
+    (specs / "disabled.yaml").write_text("giver: nettle-amsby\nobjective: Fetch it.\nsteps:\n  - id: one\n    objective: Go.\n    location: smokeglass\n")
+    (specs / "not-npc.yaml").write_text("objective: Fetch it.\ngiver: quenchhouse\n")
+    summary = run_batch(specs, tmp_path / "out", load_settings(), BatchOptions(), dry_run=True, entries=entries, progress=False)
+    errors = {it.spec_file.spec.id: it.error for it in summary.plan}
+    assert errors["missing"] == f"{specs / 'missing.yaml'}:4: lore.0: quest 'missing' names lore entry 'smokeglass-x', which is not in the lore"
+    assert errors["disabled"] == f"{specs / 'disabled.yaml'}:6: steps.0.location: quest 'disabled' names lore entry 'smokeglass', which is disabled"
+    assert errors["not-npc"].startswith(f"{specs / 'not-npc.yaml'}:2: giver: ") and "is a place, not an npc entry" in errors["not-npc"]
