@@ -3,7 +3,7 @@
 Example:
     >>> with SidecarClient("tcp://127.0.0.1:5555") as c:
     ...     c.hello()
-    ...     for msg in c.say("mara-thorn", "Any news?"):
+    ...     for msg in c.say("odile-brask", "Any news?"):
     ...         print(msg.text if msg.type == "chunk" else msg.timings)
 """
 

@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("chat", parents=[common], help="talk to an NPC through a running sidecar")
-    p.add_argument("npc", help="NPC id, e.g. mara-thorn")
+    p.add_argument("npc", help="NPC id, e.g. odile-brask")
     p.add_argument("--endpoint", help="sidecar endpoint (default tcp://127.0.0.1:5555)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the sidecar")
     p.set_defaults(func=cmd_chat)
