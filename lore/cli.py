@@ -43,6 +43,8 @@ def cmd_why(args: argparse.Namespace) -> int:
         d = explain(r, args.npc, args.text, args.history or ())
     except UnknownNpc as exc:
         print(f"error: {exc.args[0]}", file=sys.stderr)
+        if not index.npcs():
+            print(f"no NPC is indexed in {s.state_dir}: pass --lore DIR, or run `narrative lore index DIR` first", file=sys.stderr)
         return 2
     print(json.dumps(d, indent=2) if args.json else format_explanation(d))
     return 0

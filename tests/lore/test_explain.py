@@ -48,3 +48,12 @@ def test_diagnose_of_an_entry_triggered_by_recursion_says_so(tmp_path):
     assert any("in the text of 'rebels' (recursion step 1)" in w for w in why), why
     why = diagnose(world(tmp_path / "2", entries, max_recursion=0), "tester", "who are the rebels?", "mill")
     assert why[0] == "triggered (key:mill) but dropped: recursion" and any("recursion step 1" in w for w in why), why
+
+
+def test_lore_why_on_an_empty_index_says_how_to_fill_it(tmp_path, capsys):
+    from narrative.cli import main
+
+    rc = main(["lore", "why", "--state-dir", str(tmp_path / "state"), "--words", "--npc", "odile-brask", "who runs the docks?"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown NPC 'odile-brask'" in err
+    assert "no NPC is indexed" in err and "--lore DIR" in err and "narrative lore index DIR" in err, err
