@@ -592,6 +592,7 @@ decoder, before the key had this component); ``llama-cpp-grammar-1``:
 
 _PORT_CHAR_RULE = r'char ::= [^"\\] | '
 _UPSTREAM_CHAR_RULE = r'char ::= [^"\\\x7F\x00-\x1F] | '
+_GBNF_LITERAL_ESCAPES = {"\r": "\\r", "\n": "\\n", '"': '\\"', "\\": "\\\\"}
 
 
 def json_schema_grammar(schema: dict):
@@ -614,8 +615,17 @@ def json_schema_grammar(schema: dict):
 
     import llama_cpp
 
+    class Converter(llama_cpp.llama_grammar.SchemaConverter):
+        def _format_literal(self, literal: str) -> str:
+            # the port escapes \r \n " but not the backslash, which a GBNF literal needs: a
+            # const with a quote or backslash (json.dumps gives \" and \\) ended the literal
+            # early, llama.cpp could not parse the grammar and crashed (SIGSEGV) in sampling
+            return '"' + "".join(_GBNF_LITERAL_ESCAPES.get(c, c) for c in literal) + '"'
+
     try:
-        gbnf = llama_cpp.llama_grammar.json_schema_to_gbnf(json.dumps(schema))
+        converter = Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)  # as json_schema_to_gbnf
+        converter.visit(converter.resolve_refs(json.loads(json.dumps(schema)), "stdin"), "")
+        gbnf = converter.format_grammar()
     except Exception as exc:  # the converter raises bare Exception / ValueError / KeyError
         raise ModelError(f"cannot build a grammar from the JSON schema: {type(exc).__name__}: {exc}") from None
     return llama_cpp.LlamaGrammar.from_string(gbnf.replace(_PORT_CHAR_RULE, _UPSTREAM_CHAR_RULE), verbose=False)

@@ -72,3 +72,25 @@ def test_prompt_plus_max_tokens_over_n_ctx_raises(model):
     p = prompt(model)
     with pytest.raises(ContextOverflow):
         generate_json(model, p, SCHEMA, max_tokens=model.n_ctx - len(p) + 1, temperature=0.7, seed=1)
+
+
+QUOTED = 'Lock ordinance "eleven", friend. A \\ B\nnext line.'  # a hand-written line (keep_lines) with quotes, a backslash, a newline
+
+
+def quoted_schema() -> dict:
+    return obj({"offer": {"type": "string", "const": QUOTED}, "summary": string(4, 12)})
+
+
+def test_a_const_with_quotes_and_backslashes_is_escaped_in_the_grammar():
+    # the port's literal escaping left backslashes alone: '\\"' closed the GBNF literal early, llama.cpp
+    # failed to parse the grammar and then crashed (SIGSEGV) in sampling: one quoted keep_lines line
+    # killed the batch (or the sidecar, for a bridge 'generate' request)
+    gbnf = json_schema_grammar(quoted_schema())._grammar
+    offer = next(line for line in gbnf.splitlines() if line.startswith("offer ::="))
+    assert offer == r'offer ::= "\"Lock ordinance \\\"eleven\\\", friend. A \\\\ B\\nnext line.\""', offer
+
+
+def test_a_const_with_quotes_and_backslashes_comes_out_verbatim(model):
+    g = generate_json(model, prompt(model), quoted_schema(), max_tokens=120, temperature=0.7, seed=1)
+    assert g.finish_reason == "stop", g
+    assert json.loads(g.text)["offer"] == QUOTED
