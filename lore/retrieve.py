@@ -99,13 +99,18 @@ SENTENCE = re.compile(r"(?<=[.!?])\s+")  # sentence boundary used to trim an ent
 
 @dataclass
 class Selection:
-    """The lore of one turn. ``budget`` and ``used`` are tokens of the turn's lore."""
+    """The lore of one turn. ``budget`` and ``used`` are tokens of the turn's lore.
+
+    ``present``: ids of entries passed as ``exclude`` (already in the conversation)
+    that this turn triggered by key or similarity; they cost no budget.
+    """
 
     prefix: list[Pick] = field(default_factory=list)
     turn: list[Pick] = field(default_factory=list)
     dropped: list[Pick] = field(default_factory=list)
     budget: int = 0
     used: int = 0
+    present: list[str] = field(default_factory=list)
 
     @property
     def ids(self) -> list[str]:
@@ -347,7 +352,8 @@ class Retriever:
             line: the player's line.
             history: earlier lines of the conversation, oldest first (the last
                 ``scan_depth`` are scanned for keys).
-            exclude: entry ids already in the conversation (not injected again, not reported).
+            exclude: entry ids already in the conversation: not injected again and not
+                charged to the budget; those this turn triggers are listed in `Selection.present`.
             mode: ``hybrid`` (default: keys, then vectors and BM25 fused), or ``keywords``,
                 ``vectors`` or ``lexical`` (BM25) alone (for benchmarks).
 
@@ -357,7 +363,8 @@ class Retriever:
         npc = self.npc(npc_id)
         sel = Selection(prefix=self.prefix(npc_id), budget=self.token_budget)
         over = self.prefix_dropped(npc_id)
-        skip = set(exclude or ()) | {p.entry.id for p in sel.prefix} | {p.entry.id for p in over}
+        already = set(exclude or ())
+        skip = already | {p.entry.id for p in sel.prefix} | {p.entry.id for p in over}
         entries = self.index.entries
         taken: set[str] = set()  # ids included in the turn or dropped for budget
         dropped: dict[str, Pick] = {}
@@ -413,13 +420,15 @@ class Retriever:
             return replace(p, score=fused[eid], similarity=sims.get(eid), lexical=bm25.get(eid))
 
         if mode != "vectors":
-            direct, texts = self._direct(npc, line, list(history), skip, drop)
+            direct, texts = self._direct(npc, line, list(history), skip, drop, already, sel.present)
             included = fill(sorted(map(annotate, direct), key=_rank))
             self._recurse(npc, line, texts, included, skip, taken, drop, fill, annotate)
 
         similar: list[Pick] = []
         for eid, score in sorted(fused.items(), key=lambda kv: (-kv[1], kv[0])):
             e = entries.get(eid)
+            if eid in already and e is not None and eid not in sel.present:
+                sel.present.append(eid)
             if e is None or eid in skip or eid in taken or e.disabled or self.prefix_placed(e):
                 continue
             if eid in dropped and (dropped[eid].reason != RECURSION or dropped[eid].step == 0):
@@ -495,8 +504,10 @@ class Retriever:
             return None
         return Pick(e, 0.0, why, self.tokens(e), key=key, step=step, found_in=found_in)
 
-    def _direct(self, npc: LoreEntry, line: str, history: list[str], skip: set[str], drop) -> tuple[list[Pick], list[str]]:
-        """Entries whose keys occur in the line or the scanned earlier lines (step 0), and the scanned texts (line first)."""
+    def _direct(self, npc: LoreEntry, line: str, history: list[str], skip: set[str], drop, already: set[str], present: list[str]) -> tuple[list[Pick], list[str]]:
+        """Entries whose keys occur in the line or the scanned earlier lines (step 0), and the scanned texts (line first).
+
+        Hits among `already` (entries in the conversation) are appended to `present` instead."""
         entries = self.index.entries
         kw = self.index.keywords
         depth = max(self.scan_depth, self._max_scan_depth())
@@ -509,10 +520,15 @@ class Retriever:
         picks = []
         for eid, (key, back) in sorted(hits.items()):
             e = entries.get(eid)
-            if e is None or eid in skip or self.prefix_placed(e):
+            if e is None or self.prefix_placed(e):
                 continue
             d = self.scan_depth if e.scan_depth is None else e.scan_depth
             if back > d:
+                continue
+            if eid in already:
+                present.append(eid)
+                continue
+            if eid in skip:
                 continue
             window = "\n".join(texts[: d + 1])
             p = self._consider(npc, line, e, key, 0, "line" if back == 0 else f"history:{back}", window, drop)

@@ -9,7 +9,7 @@ Tokens fed and generated are kept as they are, never re-rendered from text, so
 each turn shares its whole history with the previous one and the model decodes
 only the new tokens when that history is still in its context. Per-turn lore
 goes after the stable prefix, never inside it; an entry injected once stays in
-the history and is not injected again.
+the history and is not injected again (nor charged to the turn budget).
 
 Decoding goes through `narrative.context.ContextEngine`: one llama.cpp sequence
 per conversation, checkpoints at the end of the stable prefix and at the end of
@@ -242,9 +242,10 @@ class DialogueEngine:
         t0 = time.perf_counter()
         conv = self.conversation(session, npc_id)
         history = [t.player for t in conv.turns]
-        sel = self.retriever.select(npc_id, line, history)
-        new_lore: list[Pick] = [p for p in sel.turn if p.entry.id not in conv.injected]
-        seen_lore = [p.entry.id for p in sel.turn if p.entry.id in conv.injected]  # already in the history
+        # lore already in the history is not injected again and costs no budget
+        sel = self.retriever.select(npc_id, line, history, exclude=conv.injected)
+        new_lore: list[Pick] = sel.turn
+        seen_lore = sel.present  # triggered again, already in the history
         lore_text = "".join(render_entry(p.entry) + "\n\n" for p in new_lore)
         if lore_text:
             lore_text = "What you know that bears on this:\n" + lore_text

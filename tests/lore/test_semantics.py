@@ -233,6 +233,19 @@ def test_recursion_scans_only_entries_that_made_it_into_the_turn(tmp_path):
     assert r.triggers(r.index.entries["a"]) == [("a", "rebels"), ("huge", "rebels"), ("mill", "mill")]
 
 
+def test_lore_already_in_the_conversation_costs_no_budget(tmp_path):
+    words = " ".join(["lore"] * 30)
+    r = world(tmp_path, {
+        "first": lore("First", words, keys=["storm"], order=200, name_is_key=False),
+        "second": lore("Second", words, keys=["storm"], order=100, name_is_key=False),
+    }, token_budget=40)
+    sel = r.select("tester", "a storm is coming")
+    assert turn_ids(sel) == ["first"] and dropped(sel) == {"second": BUDGET} and sel.present == []
+    sel = r.select("tester", "a storm is coming", exclude={"first"})
+    assert turn_ids(sel) == ["second"] and not sel.dropped
+    assert sel.present == ["first"] and sel.used == sel.turn[0].tokens  # triggered again, not charged
+
+
 def test_keyword_index_add_remove_matches_rebuild():
     def e(i: str, keys: list[str], **kw) -> LoreEntry:
         return LoreEntry(id=i, kind=Kind.lore, name=i, keys=keys, name_is_key=False, **kw)
