@@ -79,7 +79,7 @@ def register(sub, common: argparse.ArgumentParser, wrap) -> None:
     p = sub.add_parser("batch", parents=[common], help="generate quest text from specs (incremental, resumable)")
     p.add_argument("specs", type=Path, help="folder of quest specs (YAML), e.g. samples/quests")
     p.add_argument("--out", type=Path, required=True, help="output folder (quests/<id>.json, manifest.json, report.md)")
-    p.add_argument("--lore", type=Path, help="lore folder (default samples/lore)")
+    p.add_argument("--lore", type=Path, help="lore folder (default: the settings' [lore] dir, samples/lore unless configured)")
     p.add_argument("--lore-files", action="store_true", help="read the lore files directly instead of syncing the lore index (no embedding)")
     p.add_argument("--force", action="store_true", help="regenerate every item")
     p.add_argument("--dry-run", action="store_true", help="list what would be generated and why; generate nothing")
