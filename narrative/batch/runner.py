@@ -416,15 +416,18 @@ def run_batch(
         specs = [s for s in specs if s.spec.id in set(only)]
     if entries is None:
         entries = sync_lore(settings)
-    out.mkdir(parents=True, exist_ok=True)
-    lock = open(out / ".lock", "a+")
+    lock = None
+    if not dry_run:  # a dry run only reads `out` (it may not even exist yet)
+        out.mkdir(parents=True, exist_ok=True)
+        lock = open(out / ".lock", "a+")
     try:
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputLocked(f"{out} is being written by another batch run") from None
-        remove_stale_temps(out)
-        remove_stale_temps(out / "quests")
+        if lock is not None:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise OutputLocked(f"{out} is being written by another batch run") from None
+            remove_stale_temps(out)
+            remove_stale_temps(out / "quests")
         manifest = Manifest.load(out / "manifest.json")
         gen = QuestGenerator(settings, options, entries)
         plan = plan_batch(specs, gen, manifest, out, force)
@@ -479,7 +482,8 @@ def run_batch(
         gen.close()
         return summary
     finally:
-        lock.close()
+        if lock is not None:
+            lock.close()
 
 
 def read_lore_files(root: Path) -> dict[str, LoreEntry]:

@@ -151,3 +151,14 @@ def test_a_spec_naming_missing_or_disabled_lore_is_reported_with_line_and_field(
     assert errors["missing"] == f"{specs / 'missing.yaml'}:4: lore.0: quest 'missing' names lore entry 'smokeglass-x', which is not in the lore"
     assert errors["disabled"] == f"{specs / 'disabled.yaml'}:6: steps.0.location: quest 'disabled' names lore entry 'smokeglass', which is disabled"
     assert errors["not-npc"].startswith(f"{specs / 'not-npc.yaml'}:2: giver: ") and "is a place, not an npc entry" in errors["not-npc"]
+
+
+def test_dry_run_writes_nothing(tmp_path):
+    from narrative.batch.runner import BatchOptions, read_lore_files, run_batch
+    from narrative.settings import load_settings
+
+    entries = read_lore_files(ROOT / "samples" / "lore")
+    out = tmp_path / "out"
+    summary = run_batch(ROOT / "samples" / "quests", out, load_settings(), BatchOptions(), dry_run=True, entries=entries, progress=False)
+    assert len(summary.plan) == 15 and all(it.action == "generate" for it in summary.plan)
+    assert not out.exists()  # no folder, no lock file, no report
