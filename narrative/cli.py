@@ -142,7 +142,13 @@ def cmd_lore_query(args: argparse.Namespace) -> int:
         for eid, sim in index.nearest(args.text, s.lore.vector_k):
             print(f"{sim:6.3f}  {eid}")
         return 0
-    r = Retriever.from_settings(index, lambda t: len(t.split()), s.lore)
+    if args.words:
+        count, unit = (lambda t: len(t.split())), "words"
+    else:
+        from narrative.models import LlamaModel
+
+        count, unit = LlamaModel(s.dialogue_model).count_tokens, "tokens"  # the budget a turn really has
+    r = Retriever.from_settings(index, count, s.lore)
     try:
         sel = r.select(args.npc, args.text)
     except UnknownNpc as exc:
@@ -150,7 +156,7 @@ def cmd_lore_query(args: argparse.Namespace) -> int:
         return 2
     for label, picks in (("prefix", sel.prefix), ("turn", sel.turn), ("dropped", sel.dropped)):
         for x in picks:
-            print(f"{label:8} {x.entry.id:32} {x.why:24} ~{x.tokens} words")
+            print(f"{label:8} {x.entry.id:32} {x.why:24} {x.tokens} {unit}")
     return 0
 
 
@@ -188,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = lore.add_parser("query", parents=[common], help="show which entries a player line retrieves")
     p.add_argument("text")
     p.add_argument("--npc", help="NPC id (applies scope, prefix and budget); without it, raw vector neighbours")
+    p.add_argument("--words", action="store_true", help="count words instead of loading the dialogue model's tokenizer (faster, approximate budget)")
     p.set_defaults(func=cmd_lore_query)
     from lore.cli import add_commands
 

@@ -57,3 +57,23 @@ def test_lore_why_on_an_empty_index_says_how_to_fill_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "unknown NPC 'odile-brask'" in err
     assert "no NPC is indexed" in err and "--lore DIR" in err and "narrative lore index DIR" in err, err
+
+
+def test_lore_query_counts_the_dialogue_models_tokens(sample_state, capsys):
+    from narrative.cli import main
+    from narrative.models import LlamaModel
+    from narrative.settings import load_settings
+
+    args = ["lore", "query", "--state-dir", str(sample_state), "--npc", "odile-brask", "Tell me about smokeglass."]
+    assert main(args) == 0
+    rows = {line.split()[1]: line.split() for line in capsys.readouterr().out.splitlines()}
+    card = rows["odile-brask"]
+    assert card[0] == "prefix" and card[-1] == "tokens", card
+    assert main(args + ["--words"]) == 0
+    words = {line.split()[1]: line.split() for line in capsys.readouterr().out.splitlines()}
+    assert words["odile-brask"][-1] == "words" and words["odile-brask"][-2] != card[-2]
+    from lore.retrieve import render_entry
+    from lore.index import LoreIndex
+
+    entry = LoreIndex(sample_state, lambda texts: [[0.0]] * len(texts)).entries["odile-brask"]
+    assert int(card[-2]) == LlamaModel(load_settings().dialogue_model).count_tokens(render_entry(entry, speaker=True))
