@@ -98,7 +98,7 @@ def diagnose(r: Retriever, npc_id: str, line: str, entry_id: str, history: Seque
     if not knows(npc, e):
         out.append(f"scope: known_by {e.known_by} does not include {npc_id}, its faction or its tags")
     keys = e.all_keys()
-    depth = r.scan_depth if e.scan_depth is None else e.scan_depth
+    depth = r.scan_depth_of(e)
     scanned = [line, *list(history)[-depth:][::-1]] if depth else [line]
     hit = next((k for k in keys for t in scanned if key_in(e, k, t)), None)
     via = next((p for p in sel.turn + sel.dropped if p.entry.id == entry_id and p.found_in.startswith("recursion:")), None)

@@ -212,11 +212,12 @@ class Retriever:
         self.lexical_weight = lexical_weight
         self.rrf_k = rrf_k
         self.min_partial_tokens = min_partial_tokens
-        self._triggers: dict[str, list[tuple[str, str]]] = {}
-        self._triggers_version = -1
-        self._token_cache: dict[tuple[str, int, bool], int] = {}
+        self._token_cache: dict[tuple[str, int, bool], int] = {}  # keyed by entry text: survives index changes
+        # derived from one version of the index (see _follow_index)
+        self._version = -1
         self._prefix_cache: dict[str, tuple[list[Pick], list[Pick]]] = {}
-        self._prefix_version = -1
+        self._triggers: dict[str, list[tuple[str, str]]] = {}
+        self._deepest_scan = 0
 
     @classmethod
     def from_settings(cls, index: LoreIndex, count_tokens: TokenCounter, lore: "LoreSettings") -> "Retriever":
@@ -271,9 +272,7 @@ class Retriever:
         Raises:
             UnknownNpc: `npc_id` is not an NPC in the index.
         """
-        if self._prefix_version != self.index.version:
-            self._prefix_cache = {}
-            self._prefix_version = self.index.version
+        self._follow_index()
         cached = self._prefix_cache.get(npc_id)
         if cached is not None:
             return list(cached[0])
@@ -317,11 +316,19 @@ class Retriever:
 
     # ---- turn ------------------------------------------------------------
 
-    def _max_scan_depth(self) -> int:
-        if getattr(self, "_depth_version", None) != self.index.version:
-            self._depth = max((e.scan_depth or 0 for e in self.index.entries.values()), default=0)
-            self._depth_version = self.index.version
-        return self._depth
+    def _follow_index(self) -> None:
+        """Forget what was derived from an older version of the index: NPC prefixes,
+        recursion targets, the deepest per-entry scan depth."""
+        version = self.index.version
+        if self._version != version:
+            self._prefix_cache = {}
+            self._triggers = {}
+            self._deepest_scan = max((e.scan_depth or 0 for e in self.index.entries.values()), default=0)
+            self._version = version
+
+    def scan_depth_of(self, entry: LoreEntry) -> int:
+        """Earlier lines scanned for the entry's keys: its own ``scan_depth``, else the retriever's."""
+        return self.scan_depth if entry.scan_depth is None else entry.scan_depth
 
     def select(
         self,
@@ -477,9 +484,7 @@ class Retriever:
         Cached per entry until the index changes (recursion asks for the same
         entries turn after turn; matching a long text costs ~0.1-1 ms at 10k entries).
         """
-        if self._triggers_version != self.index.version:
-            self._triggers = {}
-            self._triggers_version = self.index.version
+        self._follow_index()
         hit = self._triggers.get(entry.id)
         if hit is None:
             hit = self._triggers[entry.id] = sorted(self.index.keywords.match(entry.text).items())
@@ -510,7 +515,8 @@ class Retriever:
         Hits among `already` (entries in the conversation) are appended to `present` instead."""
         entries = self.index.entries
         kw = self.index.keywords
-        depth = max(self.scan_depth, self._max_scan_depth())
+        self._follow_index()
+        depth = max(self.scan_depth, self._deepest_scan)
         texts = [line] + [history[-d] for d in range(1, min(depth, len(history)) + 1)]
         hits: dict[str, tuple[str, int]] = {}  # entry id -> (key, lines back)
         for back, text in enumerate(texts):
@@ -522,7 +528,7 @@ class Retriever:
             e = entries.get(eid)
             if e is None or self.prefix_placed(e):
                 continue
-            d = self.scan_depth if e.scan_depth is None else e.scan_depth
+            d = self.scan_depth_of(e)
             if back > d:
                 continue
             if eid in already:
@@ -561,7 +567,7 @@ class Retriever:
                         if not e.disabled and knows(npc, e):
                             drop(e, f"key:{key}", RECURSION, key=key, step=step, found_in=found_in)
                         continue
-                    d = self.scan_depth if e.scan_depth is None else e.scan_depth
+                    d = self.scan_depth_of(e)
                     window = "\n".join(texts[: d + 1]) + "\n" + buffer
                     pick = self._consider(npc, line, e, key, step, found_in, window, drop)
                     if pick is not None:
