@@ -16,6 +16,16 @@ import sys
 from pathlib import Path
 
 
+def token_counter(settings, words: bool):
+    """(counter, unit) for lore budgets: the dialogue model's tokenizer (what a turn
+    really spends; loads the model), or whitespace words when `words` (fast, approximate)."""
+    if words:
+        return (lambda t: len(t.split())), "words"
+    from narrative.models import LlamaModel
+
+    return LlamaModel(settings.dialogue_model).count_tokens, "tokens"
+
+
 def cmd_why(args: argparse.Namespace) -> int:
     from lore.explain import diagnose, explain, format_explanation
     from lore.retrieve import Retriever, UnknownNpc
@@ -28,12 +38,7 @@ def cmd_why(args: argparse.Namespace) -> int:
         report = index.sync(args.lore, progress=True)
         for problem in report.problems:
             print(problem, file=sys.stderr)
-    if args.words:
-        count = lambda t: len(t.split())  # noqa: E731
-    else:
-        from narrative.models import LlamaModel
-
-        count = LlamaModel(s.dialogue_model).count_tokens
+    count, _ = token_counter(s, args.words)
     r = Retriever.from_settings(index, count, s.lore)
     try:
         if args.entry:

@@ -133,6 +133,7 @@ def cmd_lore_index(args: argparse.Namespace) -> int:
 
 
 def cmd_lore_query(args: argparse.Namespace) -> int:
+    from lore.cli import token_counter
     from lore.retrieve import Retriever, UnknownNpc
     from narrative.runtime import open_index
 
@@ -142,12 +143,7 @@ def cmd_lore_query(args: argparse.Namespace) -> int:
         for eid, sim in index.nearest(args.text, s.lore.vector_k):
             print(f"{sim:6.3f}  {eid}")
         return 0
-    if args.words:
-        count, unit = (lambda t: len(t.split())), "words"
-    else:
-        from narrative.models import LlamaModel
-
-        count, unit = LlamaModel(s.dialogue_model).count_tokens, "tokens"  # the budget a turn really has
+    count, unit = token_counter(s, args.words)
     r = Retriever.from_settings(index, count, s.lore)
     try:
         sel = r.select(args.npc, args.text)
