@@ -10,6 +10,7 @@ import pytest
 from bridge import protocol as p
 
 DOC = Path(__file__).resolve().parents[2] / "bridge" / "PROTOCOL.md"
+VECTORS = DOC.parent / "clients" / "protocol-vectors.json"
 SECTION = re.compile(r"^### `([a-z.]+)`\n(.*?)(?=^### |\Z)", re.S | re.M)
 
 
@@ -35,3 +36,11 @@ def test_example_is_byte_exact(name, js, raw):
     msg = p.decode(raw)
     assert msg.type == name
     assert p.encode(msg) == raw
+
+
+def test_client_vectors_file_matches_the_doc():
+    """bridge/clients/protocol-vectors.json (read by the C# and GDScript tests) is PROTOCOL.md's examples."""
+    vectors = json.loads(VECTORS.read_text(encoding="utf-8"))["vectors"]
+    want = [(name, json.loads(js), raw.hex()) for name, js, raw in examples()]
+    got = [(v["type"], v["json"], v["msgpack_hex"]) for v in vectors]
+    assert got == want, "bridge/clients/protocol-vectors.json is stale: run python scripts/protocol_vectors.py"
