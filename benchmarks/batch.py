@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/batch.py --quests 15 --compare-grammar
 
 Prints one table. With ``--compare-grammar`` it also times the grammar's cost:
-one quest's JSON through `narrative.models.generate_json` (llama-cpp-python's
+one quest's JSON through `narrative.llm.generate_json` (llama-cpp-python's
 ``grammar=`` sampling, the grammar applied to the whole vocabulary every step)
 against the same sampler chain, seed and number of tokens without a grammar
 (free text, not JSON), and prints the tokens/s ratio.
@@ -31,9 +31,11 @@ def main() -> int:
     ap.add_argument("--compare-grammar", action="store_true")
     args = ap.parse_args()
 
-    from narrative.batch.runner import BatchOptions, QuestGenerator, read_lore_files, run_batch
+    from lore.loader import load_catalog as read_lore_files
+    from narrative.batch.generator import BatchOptions, QuestGenerator
+    from narrative.batch.runner import run_batch
     from narrative.batch.spec import load_specs
-    from narrative.settings import load_settings
+    from app.settings import load_settings
 
     s = load_settings()
     s.batch_model.n_threads = args.threads
@@ -41,7 +43,7 @@ def main() -> int:
     specs = [sf.spec.id for sf in load_specs(ROOT / "samples" / "quests")[0]][: args.quests]
     opts = BatchOptions(retries=0, max_chars=args.max_chars)
     with tempfile.TemporaryDirectory() as tmp:
-        summ = run_batch(ROOT / "samples" / "quests", Path(tmp), s, opts, only=specs, progress=False, entries=lore)
+        summ = run_batch(ROOT / "samples" / "quests", Path(tmp), s.batch_model, opts, lore, only=specs, progress=False)
     gen_s = summ.prefill_s + summ.decode_s
     rows = [
         ("model", Path(s.batch_model.path).name if not s.batch_model.path.startswith("bundled:") else s.batch_model.path),
@@ -68,10 +70,10 @@ def compare_grammar(s, lore, quest_id: str, max_chars: int) -> list[tuple[str, s
     from narrative.batch.output import generation_schema
     from narrative.batch.runner import BatchOptions, QuestGenerator
     from narrative.batch.spec import load_specs
-    from narrative.models import generate_json
+    from narrative.llm import generate_json
 
     spec = next(sf.spec for sf in load_specs(ROOT / "samples" / "quests")[0] if sf.spec.id == quest_id)
-    gen = QuestGenerator(s, BatchOptions(max_chars=max_chars), lore)
+    gen = QuestGenerator(s.batch_model, BatchOptions(max_chars=max_chars), lore)
     m = gen.model
     pr = gen.prompt(spec)
     tokens = m.bos() + m.tokenize(m.format.system(pr.system) + m.format.user(pr.user) + m.format.assistant_open)

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from narrative.context import ContextEngine  # noqa: E402
-from narrative.models import LlamaModel, resolve_model_path  # noqa: E402
+from narrative.llm import LlamaModel, SamplingParams, resolve_model_path  # noqa: E402
 from narrative.settings import BUNDLED_MODEL, ModelSettings  # noqa: E402
 
 LINES = [
@@ -63,7 +63,7 @@ def ours(model: LlamaModel, system: str, other_system: str, threads: int) -> lis
     def turn(key: str, prefix: list[int], history: list[int], line: str) -> list[int]:
         user = model.tokenize(fmt.user(line) + fmt.assistant_open)
         prompt = history + user
-        g = eng.generate(key, prompt, boundaries=(len(prefix), len(history)), max_tokens=GEN, temperature=0.0)
+        g = eng.generate(key, prompt, SamplingParams(temperature=0.0, top_p=1.0, top_k=0, repeat_penalty=1.0, seed=0), boundaries=(len(prefix), len(history)), max_tokens=GEN)
         out.append(g.ttft_ms) if key == "A" else None
         return prompt + g.tokens + model.tokenize(fmt.assistant_close)
 

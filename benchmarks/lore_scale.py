@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     from lore.index import LoreIndex
     from lore.loader import load_dir
     from lore.retrieve import Retriever
-    from narrative.models import LlamaEmbedder, LlamaModel
+    from narrative.llm import LlamaEmbedder, LlamaModel
     from narrative.settings import EmbeddingSettings, ModelSettings
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
 
         emb = LlamaEmbedder(EmbeddingSettings(n_threads=args.threads))
         docs = [f.entries[0] for f in files if f.entries[0].kind.value == "lore"][: args.model_sample]
-        from lore.index import entry_document
+        from lore.render import entry_document
 
         t0 = time.perf_counter()
         emb([entry_document(e) for e in docs])

@@ -63,7 +63,7 @@ def run_world(name: str, lore_dir: Path, cases: list[dict], embedder, count_toke
         for p in report.problems:
             print(f"  {p}", file=sys.stderr)
     print(f"[{name}] indexed {len(index.entries)} entries ({len(index)} chunks) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    r = Retriever(index, count_tokens, args.budget, args.prefix_budget, args.vector_k, args.min_similarity, args.scan_depth)
+    r = Retriever(index, count_tokens, token_budget=args.budget, prefix_budget=args.prefix_budget, vector_k=args.vector_k, min_similarity=args.min_similarity, scan_depth=args.scan_depth)
     SWEPT.append((name, r, cases))
     rows = []
     for case in cases:
@@ -112,8 +112,9 @@ def run_sweep() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     from lore.importers.sillytavern import import_file
-    from narrative.models import LlamaEmbedder, LlamaModel
-    from narrative.settings import EmbeddingSettings, ModelSettings, load_settings
+    from narrative.llm import LlamaEmbedder, LlamaModel
+    from app.settings import load_settings
+    from narrative.settings import EmbeddingSettings, ModelSettings
 
     s = load_settings()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -174,3 +174,13 @@ class SidecarClient:
             else:
                 return chunks, msg
         raise AssertionError("unreachable")
+
+
+def summarize_done(done: p.Done) -> str:
+    """One line of figures for a finished turn, for people: TTFT, tokens/s, token counts, lore used."""
+    t = done.timings
+    return (
+        f"TTFT {t.get('ttft_ms', 0):.0f} ms, {t.get('tokens_per_s', 0):.1f} tok/s, "
+        f"{done.tokens.get('completion', 0)} tokens, prompt {done.tokens.get('prompt', 0)} "
+        f"({done.tokens.get('cached', 0)} cached), lore: {', '.join(done.lore) or '-'}"
+    )

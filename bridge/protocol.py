@@ -233,6 +233,18 @@ class LoreFileError(_Msg):
     message: str
 
 
+class Shutdown(_Msg):
+    """Event (sent to every peer that said hello): the sidecar is going down; no reply will follow
+    for requests in flight. ``reason``: ``stopping`` (asked to stop: Ctrl-C, SIGTERM, a service
+    manager) or ``engine_failed`` (the model can serve nothing more; ``message`` says why).
+    A client should fail its pending requests now instead of waiting for the heartbeat timeout,
+    and reconnect with backoff if it expects a restart."""
+
+    type: Literal["shutdown"] = "shutdown"
+    reason: Literal["stopping", "engine_failed"]
+    message: str = ""
+
+
 class Generate(_Msg):
     """A one-off content job: generate one quest from its spec; answered by `GenerateResult` (or `Error`).
 
@@ -290,13 +302,13 @@ class Error(_Msg):
 
 Request = Annotated[Union[Hello, Say, Cancel, Reset, Ping, LoreQuery, LoreExplain, Generate], Field(discriminator="type")]
 Reply = Annotated[
-    Union[Ready, Chunk, Done, Pong, Ok, LoreResult, LoreExplanation, LoreChanged, LoreFileError, GenerateResult, Error],
+    Union[Ready, Chunk, Done, Pong, Ok, LoreResult, LoreExplanation, LoreChanged, LoreFileError, Shutdown, GenerateResult, Error],
     Field(discriminator="type"),
 ]
 Message = Annotated[
     Union[
         Hello, Say, Cancel, Reset, Ping, LoreQuery, LoreExplain, Generate,
-        Ready, Chunk, Done, Pong, Ok, LoreResult, LoreExplanation, LoreChanged, LoreFileError, GenerateResult, Error,
+        Ready, Chunk, Done, Pong, Ok, LoreResult, LoreExplanation, LoreChanged, LoreFileError, Shutdown, GenerateResult, Error,
     ],
     Field(discriminator="type"),
 ]

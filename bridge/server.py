@@ -1,10 +1,14 @@
-"""The sidecar's ZeroMQ ROUTER server.
+"""The sidecar's ZeroMQ ROUTER server: wire messages in, `narrative.service.NarrativeService` calls, wire messages out.
 
 One asyncio loop owns the socket (``zmq.asyncio``). Requests are dispatched
-through a handler table keyed by message type; a handler's exception becomes an
-``error`` reply and the loop goes on. Model and database calls run in one
-worker thread, so pings are answered while a model decodes. A bounded queue
-sits between the decoding thread and the sender (backpressure).
+through a handler table keyed by message type; each handler is a thin adapter
+onto one service call. Errors are mapped in one place (`_dispatch`): a
+`ServiceError` becomes an ``error`` with its wire code, any other exception an
+``internal`` error, and the loop goes on; `EngineDead` sends ``shutdown`` to
+every client and stops. Model and database calls run in one worker thread, so
+pings are answered while a model decodes. A bounded queue sits between the
+decoding thread and the sender (backpressure). Stopping (`stop`) also sends
+``shutdown`` to every client before the socket closes.
 
 Peers that vanish: the socket is ``ZMQ_ROUTER_MANDATORY``, so a send to a
 disconnected client fails (``EHOSTUNREACH``) and its stream is cancelled;
@@ -19,6 +23,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,9 +31,8 @@ import zmq
 import zmq.asyncio
 
 from bridge import protocol as p
-from lore.retrieve import UnknownNpc
-from narrative.dialogue import DialogueEngine
-from narrative.settings import ServerSettings
+from bridge.settings import ServerSettings
+from narrative.service import EngineDead, LoreBroken, LoreChanged, NarrativeService, ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +41,16 @@ _END = object()
 
 
 class SidecarServer:
-    """Serves the protocol in `bridge.protocol` for one `DialogueEngine`.
+    """Serves the protocol in `bridge.protocol` for one `NarrativeService`.
 
     Args:
-        engine: the dialogue engine (model + lore).
+        service: the generation side (dialogue, lore, quests).
         settings: endpoint and limits.
-        models: role -> model name, announced in ``ready``.
     """
 
-    def __init__(self, engine: DialogueEngine, settings: ServerSettings, models: dict[str, str] | None = None) -> None:
-        self.engine = engine
+    def __init__(self, service: NarrativeService, settings: ServerSettings) -> None:
+        self.service = service
         self.settings = settings
-        self.models = models or {}
         self.ctx = zmq.asyncio.Context()
         self.sock: zmq.asyncio.Socket | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
@@ -68,10 +70,10 @@ class SidecarServer:
             "lore.explain": self._lore_explain,
             "generate": self._generate,
         }
-        self.quests = None  # a narrative.batch.runner.QuestService answering 'generate'; None: the request is refused
         self.peers: set[bytes] = set()  # identities that said hello: they get lore.changed / lore.error events
         self.lore_dir: Path | None = None  # set by watch_lore(): hot reload while serving
         self._events = 0
+        self.shutdown_reason: tuple[str, str] = ("stopping", "")  # (reason, message) of the shutdown event
 
     # ---- socket ----------------------------------------------------------
 
@@ -118,6 +120,8 @@ class SidecarServer:
                 frames = await self.sock.recv_multipart()
                 await self._dispatch(frames)
         finally:
+            reason, message = self.shutdown_reason
+            await self.broadcast(p.Shutdown(id=self._event_id(), reason=reason, message=message))
             for cancel in self.streams.values():
                 cancel.set()
             if self.tasks:
@@ -125,8 +129,24 @@ class SidecarServer:
             self.sock.close(linger=0)
             self.executor.shutdown(wait=True, cancel_futures=True)
 
-    def stop(self) -> None:
+    def stop(self, message: str = "") -> None:
+        """Stop serving: every client that said hello gets ``shutdown`` (reason ``stopping``), then the socket closes."""
+        if not self._stop.is_set():
+            self.shutdown_reason = ("stopping", message)
         self._stop.set()
+
+    def _engine_dead(self, exc: EngineDead) -> None:
+        log.error("the engine failed: %s; shutting down", exc)
+        self.shutdown_reason = ("engine_failed", str(exc))
+        self._stop.set()
+
+    def _event_id(self) -> str:
+        self._events += 1
+        return f"ev-{self._events}"
+
+    async def _run_blocking(self, fn, *args):
+        """Run a blocking service call on the decode worker thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def _dispatch(self, frames: list[bytes]) -> None:
         ident = frames[0]
@@ -141,6 +161,11 @@ class SidecarServer:
             return
         try:
             await self.handlers[msg.type](ident, msg)
+        except ServiceError as exc:  # the one place a service error becomes a wire error
+            await self.send(ident, _error(msg.id, exc))
+        except EngineDead as exc:
+            await self.send(ident, p.Error(id=msg.id, code=p.ErrorCode.INTERNAL, message=str(exc)))
+            self._engine_dead(exc)
         except Exception as exc:  # a handler bug must not kill the loop
             log.exception("handler %s failed", msg.type)
             await self.send(ident, p.Error(id=msg.id, code=p.ErrorCode.INTERNAL, message=f"{type(exc).__name__}: {exc}"))
@@ -149,31 +174,16 @@ class SidecarServer:
 
     async def _hello(self, ident: bytes, msg: p.Hello) -> None:
         self.peers.add(ident)
-        m = self.engine.model
-        await self.send(
-            ident,
-            p.Ready(
-                id=msg.id,
-                server=SERVER_NAME,
-                models=self.models,
-                npcs=[e.id for e in self.engine.retriever.index.npcs()],
-                limits={
-                    "max_frame_bytes": self.settings.max_frame_bytes,
-                    "max_tokens": 4096,
-                    "n_ctx": m.n_ctx,
-                },
-            ),
-        )
+        svc = self.service
+        lim = svc.limits()
+        limits = {"max_frame_bytes": self.settings.max_frame_bytes, "max_tokens": lim.max_tokens, "n_ctx": lim.n_ctx}
+        await self.send(ident, p.Ready(id=msg.id, server=SERVER_NAME, models=svc.models, npcs=svc.npcs(), limits=limits))
 
     async def _ping(self, ident: bytes, msg: p.Ping) -> None:
         await self.send(ident, p.Pong(id=msg.id))
 
     async def _reset(self, ident: bytes, msg: p.Reset) -> None:
-        try:
-            self.engine.reset(msg.session or ident.hex(), msg.npc)
-        except UnknownNpc as exc:
-            await self.send(ident, p.Error(id=msg.id, code=p.ErrorCode.UNKNOWN_NPC, message=exc.args[0]))
-            return
+        await self._run_blocking(self.service.reset, msg.session or ident.hex(), msg.npc)
         await self.send(ident, p.Ok(id=msg.id))
 
     async def _cancel(self, ident: bytes, msg: p.Cancel) -> None:
@@ -184,62 +194,17 @@ class SidecarServer:
         cancel.set()  # the target stream ends with done(finish_reason=cancelled)
 
     async def _lore_query(self, ident: bytes, msg: p.LoreQuery) -> None:
-        r = self.engine.retriever
-        loop = asyncio.get_running_loop()
-        try:
-            if msg.npc:
-                sel = await loop.run_in_executor(self.executor, r.select, msg.npc, msg.text)
-                picks = sel.prefix + sel.turn
-            else:
-                hits = await loop.run_in_executor(self.executor, r.index.nearest, msg.text, r.vector_k)
-                picks = [_vector_pick(r, eid, sim) for eid, sim in hits if eid in r.index.entries]
-        except UnknownNpc as exc:
-            await self.send(ident, p.Error(id=msg.id, code=p.ErrorCode.UNKNOWN_NPC, message=exc.args[0]))
-            return
-        hits_out = [
-            p.LoreHit(entry=x.entry.id, name=x.entry.name, kind=x.entry.kind.value, score=round(x.score, 4), why=x.why, tokens=x.tokens)
-            for x in picks
-        ]
-        await self.send(ident, p.LoreResult(id=msg.id, entries=hits_out))
-
-    # ---- lore: explain and hot reload -------------------------------------
+        hits = await self._run_blocking(self.service.query_lore, msg.text, msg.npc)
+        await self.send(ident, p.LoreResult(id=msg.id, entries=[p.LoreHit(**asdict(h)) for h in hits]))
 
     async def _lore_explain(self, ident: bytes, msg: p.LoreExplain) -> None:
-        from lore.explain import explain
-
-        loop = asyncio.get_running_loop()
-        try:
-            d = await loop.run_in_executor(self.executor, explain, self.engine.retriever, msg.npc, msg.text, msg.history)
-        except UnknownNpc as exc:
-            await self.send(ident, p.Error(id=msg.id, code=p.ErrorCode.UNKNOWN_NPC, message=exc.args[0]))
-            return
-        fields = {k: v for k, v in d.items() if k not in ("line",)}
-        await self.send(ident, p.LoreExplanation(id=msg.id, **fields))
-
-    # ---- content generation ------------------------------------------------
+        d = await self._run_blocking(self.service.explain, msg.npc, msg.text, msg.history)
+        await self.send(ident, p.LoreExplanation(id=msg.id, **asdict(d)))
 
     async def _generate(self, ident: bytes, msg: p.Generate) -> None:
-        """One quest from a spec (``narrative.batch``), on the decode worker thread; the batch model loads on first use."""
-        from narrative.batch.prompt import UnknownEntry
-        from narrative.batch.spec import SpecError
-
-        if self.quests is None:
-            await self.send(ident, p.Error(id=msg.id, code=p.ErrorCode.INVALID, message="this sidecar does not serve 'generate' (no quest service)"))
-            return
-        loop = asyncio.get_running_loop()
+        """One quest from a spec (``narrative batch``'s generator), on the decode worker; the batch model loads on first use."""
         source = msg.quest if msg.quest is not None else msg.spec
-        try:
-            r = await loop.run_in_executor(self.executor, lambda: self.quests.generate(source, seed=msg.seed, max_tokens=msg.max_tokens))
-        except KeyError as exc:
-            code = p.ErrorCode.INVALID if isinstance(exc, UnknownEntry) else p.ErrorCode.UNKNOWN_QUEST
-            await self.send(ident, p.Error(id=msg.id, code=code, message=str(exc.args[0])))
-            return
-        except SpecError as exc:
-            await self.send(ident, p.Error(id=msg.id, code=p.ErrorCode.INVALID, message=str(exc)))
-            return
-        if r.quest is None or r.status == "failed":
-            await self.send(ident, p.Error(id=msg.id, code=p.ErrorCode.GENERATION_FAILED, message=r.error or "no valid text"))
-            return
+        r = await self._run_blocking(lambda: self.service.generate_quest(source, seed=msg.seed, max_tokens=msg.max_tokens))
         await self.send(
             ident,
             p.GenerateResult(
@@ -253,43 +218,35 @@ class SidecarServer:
             ),
         )
 
+    # ---- lore hot reload ----------------------------------------------------
+
     def watch_lore(self, root: Path) -> None:
         """Hot-reload the lore folder `root` while serving (call before `run`); see `lore.watch`."""
         self.lore_dir = Path(root)
 
     async def _watch_lore(self) -> None:
-        from lore.watch import watch_lore
-
-        loop = asyncio.get_running_loop()
-
-        async def blocking(fn, *args):  # the worker thread: never during a turn's retrieval or decode
-            return await loop.run_in_executor(self.executor, fn, *args)
-
         assert self.lore_dir is not None
-        await watch_lore(self.lore_dir, self.engine.retriever.index, blocking, self._lore_event, self._stop)
+        await self.service.watch_lore(self.lore_dir, self._run_blocking, self._lore_event, self._stop)
 
-    async def _lore_event(self, ev) -> None:
-        self._events += 1
-        eid = f"ev-{self._events}"
-        if ev.kind == "error":
-            for prob in ev.problems:
-                await self.broadcast(p.LoreFileError(id=eid, path=ev.files[0], line=prob.line, message=prob.message))
+    async def _lore_event(self, ev: LoreChanged | LoreBroken) -> None:
+        eid = self._event_id()
+        if isinstance(ev, LoreBroken):
+            await self.broadcast(p.LoreFileError(id=eid, path=ev.path, line=ev.line, message=ev.message))
         else:
-            n = sum(1 for e in self.engine.retriever.index.entries.values() if e.kind.value != "npc")
-            await self.broadcast(p.LoreChanged(id=eid, files=ev.files, entries=n, added=ev.report.added, deleted=ev.report.deleted))
+            await self.broadcast(p.LoreChanged(id=eid, files=ev.files, entries=ev.entries, added=ev.added, deleted=ev.deleted))
 
     async def broadcast(self, msg: p._Msg) -> None:
-        """Send an event to every peer that said hello; peers that are gone are forgotten."""
+        """Send an event to every peer that said hello; peers that are gone (or cannot take it) are forgotten."""
         for ident in list(self.peers):
-            if not await self.send(ident, msg):
+            try:
+                ok = await self.send(ident, msg)
+            except zmq.ZMQError as exc:
+                log.info("event %s not delivered to %s: %s", msg.type, ident.hex(), exc)
+                ok = False
+            if not ok:
                 self.peers.discard(ident)
 
     async def _say(self, ident: bytes, msg: p.Say) -> None:
-        try:
-            self.engine.retriever.npc(msg.npc)
-        except UnknownNpc as exc:
-            await self.send(ident, p.Error(id=msg.id, code=p.ErrorCode.UNKNOWN_NPC, message=exc.args[0]))
-            return
         key = (ident, msg.id)
         if key in self.streams:
             await self.send(ident, p.Error(id=msg.id, code=p.ErrorCode.INVALID, message=f"request id {msg.id!r} is already streaming"))
@@ -309,7 +266,7 @@ class SidecarServer:
 
         def work():
             try:
-                return self.engine.turn(
+                return self.service.turn(
                     msg.session or ident.hex(),
                     msg.npc,
                     msg.text,
@@ -339,9 +296,12 @@ class SidecarServer:
             try:
                 result = await future
             except Exception as exc:
-                log.exception("turn failed")
-                if seq == 0:
-                    await self.send(ident, p.Error(id=msg.id, code=p.ErrorCode.INTERNAL, message=f"{type(exc).__name__}: {exc}"))
+                if isinstance(exc, EngineDead):
+                    self._engine_dead(exc)
+                elif not isinstance(exc, ServiceError):
+                    log.exception("turn failed")
+                if seq == 0:  # nothing streamed yet: a plain error (unknown_npc comes here, before any token)
+                    await self.send(ident, _error(msg.id, exc))
                 else:
                     await self.send(ident, p.Done(id=msg.id, finish_reason="error", text=""))
                 return
@@ -366,21 +326,47 @@ class SidecarServer:
             self.streams.pop((ident, msg.id), None)
 
 
-def _vector_pick(r, eid: str, sim: float):
-    from lore.retrieve import Pick
-
-    e = r.index.entries[eid]
-    return Pick(e, sim, f"vector:{sim:.3f}", r.tokens(e))
+def _error(request_id: str, exc: BaseException) -> p.Error:
+    """The wire error for an exception: a `ServiceError`'s own code, else ``internal``."""
+    if isinstance(exc, ServiceError):
+        return p.Error(id=request_id, code=exc.code, message=exc.message)
+    return p.Error(id=request_id, code=p.ErrorCode.INTERNAL, message=f"{type(exc).__name__}: {exc}")
 
 
 def serve_forever(server: SidecarServer) -> None:
-    """Run `server` on a fresh event loop until Ctrl-C / SIGTERM."""
-    import signal
+    """Run `server` on a fresh event loop until Ctrl-C / SIGTERM (Ctrl-C / Ctrl-Break on Windows).
+
+    Clients get ``shutdown`` (reason ``stopping``, the signal's name as message) before the socket closes.
+    """
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, server.stop)
+        install_stop_signals(loop, server.stop)
         await server.run()
 
     asyncio.run(main())
+
+
+def install_stop_signals(loop: asyncio.AbstractEventLoop, stop: Callable[[str], None]) -> list[str]:
+    """Call ``stop(signal name)`` on the loop when the process is asked to stop; returns the signals handled.
+
+    POSIX: SIGINT and SIGTERM through ``loop.add_signal_handler``. Windows has no
+    ``add_signal_handler`` (``NotImplementedError`` on the Proactor loop): there
+    ``signal.signal`` handles SIGINT (Ctrl-C) and SIGBREAK (Ctrl-Break, what a
+    console host sends to stop a process) and hands the call to the loop.
+    """
+    import signal
+
+    names = [n for n in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, n)]
+    handled = []
+    for name in names:
+        sig = getattr(signal, name)
+        try:
+            loop.add_signal_handler(sig, stop, name)
+        except (NotImplementedError, RuntimeError, ValueError):
+            try:
+                signal.signal(sig, lambda _signum, _frame, name=name: loop.call_soon_threadsafe(stop, name))
+            except (ValueError, OSError):  # not the main thread, or a signal this platform refuses
+                continue
+        handled.append(name)
+    return handled

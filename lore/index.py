@@ -18,6 +18,7 @@ from pathlib import Path
 from lore.keywords import KeywordIndex
 from lore.lexical import Bm25Index
 from lore.loader import LoreFile, LoreFileError, LoreProblem, load_dir, load_file
+from lore.render import entry_document
 from lore.schema import Kind, LoreEntry
 
 log = logging.getLogger(__name__)
@@ -55,16 +56,6 @@ class Chunk:
     entry_id: str
     source: str
     seq: int
-
-
-def entry_document(entry: LoreEntry) -> str:
-    """The text of an entry as it is embedded and injected: name, kind and body."""
-    head = f"{entry.name} ({entry.kind.value})"
-    if entry.npc is not None:
-        card = entry.npc
-        parts = [head, card.persona, entry.text]
-        return "\n".join(p for p in parts if p)
-    return f"{head}\n{entry.text}" if entry.text else head
 
 
 def chunk_entry(entry: LoreEntry, source: str, max_words: int) -> list[Chunk]:

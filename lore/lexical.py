@@ -21,6 +21,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
+from lore.render import entry_document
 from lore.schema import LoreEntry
 
 _WORD = re.compile(r"[^\W_]+")
@@ -68,8 +69,6 @@ class Bm25Index:
             self.add(e)
 
     def add(self, entry: LoreEntry) -> None:
-        from lore.index import entry_document
-
         self.remove(entry.id)
         if entry.disabled:
             return

@@ -37,14 +37,13 @@ import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from lore.index import LoreIndex
 from lore.keywords import key_in, secondary_ok
+from lore.render import render_entry
 from lore.schema import Kind, LoreEntry
-
-if TYPE_CHECKING:
-    from narrative.settings import LoreSettings
+from lore.settings import LoreSettings
 
 TokenCounter = Callable[[str], int]
 Mode = Literal["hybrid", "keywords", "vectors", "lexical"]
@@ -163,55 +162,53 @@ def _delay(entry: LoreEntry) -> int:
 class Retriever:
     """Hybrid lore selection over a `LoreIndex`.
 
+    Every selection knob comes from `lore.settings.LoreSettings` (the sidecar's
+    ``[lore]`` settings), so a retriever built without settings selects
+    exactly as the sidecar does; keyword `overrides` replace single fields
+    (validated like the settings: a bad value raises ``pydantic.ValidationError``).
+
     Args:
         index: the lore index (catalog + keyword index + vector store).
         count_tokens: the dialogue model's token counter (tokens of a string).
-        token_budget: tokens of per-turn lore (entries over it are dropped, reason ``budget``).
-        prefix_budget: tokens of static lore in an NPC's prefix, besides its card.
-        vector_k: nearest chunks fetched per turn.
-        min_similarity: vector hits below this cosine similarity are ignored.
-        scan_depth: earlier lines scanned for keys (an entry's own ``scan_depth`` overrides it).
-        max_recursion: recursion steps (entries triggered by the text of triggered
-            entries); 0 disables recursion. SillyTavern's "Max Recursion Steps".
-        vector_weight, lexical_weight, rrf_k: weighted reciprocal rank fusion of
-            the embedding ranking and the BM25 ranking: an entry scores
-            sum(weight / (rrf_k + rank)) over the two rankings (rank from 1);
-            ties (and entries found by one ranking with weight 0) go by
-            embedding similarity. Default 0.0 / 1.0: with the bundled SmolLM2
-            embedder, BM25 first and embedding hits after it measured best
-            (benchmarks/retrieval_quality.py --sweep: 84.5% vs 78.9% for equal
-            weights over 71 cases); raise vector_weight with a real embedding model.
-        min_partial_tokens: the least budget left for which an entry that does
-            not fit whole is trimmed to its leading sentences (see `select`).
+        settings: the knobs (default: ``LoreSettings()``). The ones used here:
+            ``token_budget`` (tokens of per-turn lore; entries over it are
+            dropped, reason ``budget``), ``prefix_budget`` (static lore in an
+            NPC's prefix besides its card), ``vector_k``, ``min_similarity``,
+            ``scan_depth`` (an entry's own ``scan_depth`` overrides it),
+            ``max_recursion`` (SillyTavern's "Max Recursion Steps"; 0 disables),
+            ``vector_weight``/``lexical_weight`` (the weighted reciprocal rank
+            fusion of the embedding and BM25 rankings: an entry scores
+            sum(weight / (rrf_k + rank)) over the two, rank from 1; ties, and
+            entries found by one ranking with weight 0, go by embedding
+            similarity) and ``min_partial_tokens`` (the least budget left for
+            which an entry that does not fit whole is trimmed, see `select`).
+        rrf_k: the fusion constant (Cormack, Clarke & Buettcher, SIGIR 2009: 60).
     """
 
     def __init__(
         self,
         index: LoreIndex,
         count_tokens: TokenCounter,
-        token_budget: int = 600,
-        prefix_budget: int = 1500,
-        vector_k: int = 8,
-        min_similarity: float = 0.0,
-        scan_depth: int = 2,
-        max_recursion: int = 2,
-        vector_weight: float = 0.0,
-        lexical_weight: float = 1.0,
+        settings: LoreSettings | None = None,
+        *,
         rrf_k: int = RRF_K,
-        min_partial_tokens: int = 64,
+        **overrides: object,
     ) -> None:
+        s = settings or LoreSettings()
+        if overrides:
+            s = LoreSettings.model_validate({**s.model_dump(), **overrides})
         self.index = index
         self.count_tokens = count_tokens
-        self.token_budget = token_budget
-        self.prefix_budget = prefix_budget
-        self.vector_k = vector_k
-        self.min_similarity = min_similarity
-        self.scan_depth = scan_depth
-        self.max_recursion = max_recursion
-        self.vector_weight = vector_weight
-        self.lexical_weight = lexical_weight
+        self.token_budget = s.token_budget
+        self.prefix_budget = s.prefix_budget
+        self.vector_k = s.vector_k
+        self.min_similarity = s.min_similarity
+        self.scan_depth = s.scan_depth
+        self.max_recursion = s.max_recursion
+        self.vector_weight = s.vector_weight
+        self.lexical_weight = s.lexical_weight
         self.rrf_k = rrf_k
-        self.min_partial_tokens = min_partial_tokens
+        self.min_partial_tokens = s.min_partial_tokens
         self._token_cache: dict[tuple[str, int, bool], int] = {}  # keyed by entry text: survives index changes
         # derived from one version of the index (see _follow_index)
         self._version = -1
@@ -220,21 +217,9 @@ class Retriever:
         self._deepest_scan = 0
 
     @classmethod
-    def from_settings(cls, index: LoreIndex, count_tokens: TokenCounter, lore: "LoreSettings") -> "Retriever":
-        """A retriever configured by `narrative.settings.LoreSettings` (every selection knob comes from there)."""
-        return cls(
-            index,
-            count_tokens,
-            token_budget=lore.token_budget,
-            prefix_budget=lore.prefix_budget,
-            vector_k=lore.vector_k,
-            min_similarity=lore.min_similarity,
-            scan_depth=lore.scan_depth,
-            max_recursion=lore.max_recursion,
-            vector_weight=lore.vector_weight,
-            lexical_weight=lore.lexical_weight,
-            min_partial_tokens=lore.min_partial_tokens,
-        )
+    def from_settings(cls, index: LoreIndex, count_tokens: TokenCounter, lore: LoreSettings) -> "Retriever":
+        """A retriever configured by `lore` (the same as ``Retriever(index, count_tokens, lore)``)."""
+        return cls(index, count_tokens, lore)
 
     def npc(self, npc_id: str) -> LoreEntry:
         """The NPC's card. Raises `UnknownNpc`."""
@@ -367,97 +352,13 @@ class Retriever:
         Raises:
             UnknownNpc: `npc_id` is not an NPC in the index.
         """
-        npc = self.npc(npc_id)
-        sel = Selection(prefix=self.prefix(npc_id), budget=self.token_budget)
-        over = self.prefix_dropped(npc_id)
-        already = set(exclude or ())
-        skip = already | {p.entry.id for p in sel.prefix} | {p.entry.id for p in over}
-        entries = self.index.entries
-        taken: set[str] = set()  # ids included in the turn or dropped for budget
-        dropped: dict[str, Pick] = {}
-        ranked: list[Pick] = []  # every pick that reached the budget fill, in fill order
-
-        def drop(e: LoreEntry, why: str, reason: str, **kw) -> None:
-            if e.id not in dropped and e.id not in taken:
-                dropped[e.id] = Pick(e, 0.0, why, self.tokens(e), reason, **kw)
-
-        def fill(picks: list[Pick]) -> list[Pick]:
-            """Add `picks` (one tier, ranked) to the turn while the budget lasts; returns those included."""
-            added = []
-            for p in picks:
-                taken.add(p.entry.id)
-                dropped.pop(p.entry.id, None)
-                ranked.append(p)
-                left = self.token_budget - sel.used
-                if p.tokens <= left:
-                    sel.used += p.tokens
-                    sel.turn.append(p)
-                    added.append(p)
-                    continue
-                part = None
-                if (p.found_in == "line" or p.tokens > self.token_budget) and left >= self.min_partial_tokens:
-                    part = self.trim(p.entry, left)
-                if part is None:
-                    sel.dropped.append(replace(p, reason=BUDGET))
-                    continue
-                entry, tokens = part
-                p = replace(p, entry=entry, tokens=tokens, full_tokens=p.tokens)
-                sel.used += tokens
-                sel.turn.append(p)
-                added.append(p)
-            return added
-
-        # similarity first: key-triggered picks carry their similarity too
-        sims: dict[str, float] = {}
-        bm25: dict[str, float] = {}
-        fused: dict[str, float] = {}
+        turn = _Turn(self, self.npc(npc_id), line, history, exclude)
         if mode != "keywords" and self.vector_k > 0:
-            dense = self.index.nearest(line, self.vector_k) if mode in ("vectors", "hybrid") else []
-            lexical = self.index.lexical.search(line, self.vector_k) if mode in ("lexical", "hybrid") else []
-            sims = {eid: sim for eid, sim in dense if sim >= self.min_similarity}
-            bm25 = dict(lexical)
-            for weight, ranking in ((self.vector_weight, [eid for eid, _ in dense if eid in sims]), (self.lexical_weight, [eid for eid, _ in lexical])):
-                for i, eid in enumerate(ranking):
-                    fused[eid] = fused.get(eid, 0.0) + weight / (self.rrf_k + i + 1)
-
-        def annotate(p: Pick) -> Pick:
-            eid = p.entry.id
-            if eid not in fused:
-                return p
-            return replace(p, score=fused[eid], similarity=sims.get(eid), lexical=bm25.get(eid))
-
+            turn.rank_similar(dense=mode in ("vectors", "hybrid"), lexical=mode in ("lexical", "hybrid"))
         if mode != "vectors":
-            direct, texts = self._direct(npc, line, list(history), skip, drop, already, sel.present)
-            included = fill(sorted(map(annotate, direct), key=_rank))
-            self._recurse(npc, line, texts, included, skip, taken, drop, fill, annotate)
-
-        similar: list[Pick] = []
-        for eid, score in sorted(fused.items(), key=lambda kv: (-kv[1], kv[0])):
-            e = entries.get(eid)
-            if eid in already and e is not None and eid not in sel.present:
-                sel.present.append(eid)
-            if e is None or eid in skip or eid in taken or e.disabled or self.prefix_placed(e):
-                continue
-            if eid in dropped and (dropped[eid].reason != RECURSION or dropped[eid].step == 0):
-                # a key hit vetoed by its own rules (secondary keys, probability, delay_until_recursion
-                # for the player's words) stays out; one that recursion merely reached (past
-                # max_recursion, or exclude_recursion) is a similarity hit like any other
-                continue
-            sim, lex = sims.get(eid), bm25.get(eid)
-            why = f"vector:{sim:.3f}" if sim is not None else f"text:{lex:.2f}"
-            if not knows(npc, e):
-                drop(e, why, SCOPE, similarity=sim, lexical=lex)
-                continue
-            similar.append(Pick(e, score, why, self.tokens(e), similarity=sim, lexical=lex))
-        fill(sorted(similar, key=_rank))
-
-        n = len(ranked)
-        rank_of = {p.entry.id: float(n - i) for i, p in enumerate(ranked)}
-        sel.turn = [replace(p, score=rank_of[p.entry.id]) for p in sel.turn]
-        sel.dropped = [replace(p, score=rank_of[p.entry.id]) for p in sel.dropped]
-        sel.dropped.extend(sorted(dropped.values(), key=lambda p: (p.reason, p.entry.id)))
-        sel.dropped.extend(over)
-        return sel
+            turn.recurse(turn.fill(turn.key_hits()))
+        turn.fill(turn.similar_hits())
+        return turn.result()
 
     def trim(self, entry: LoreEntry, tokens: int) -> tuple[LoreEntry, int] | None:
         """The longest run of the entry's leading sentences whose rendering costs at most `tokens`.
@@ -490,61 +391,140 @@ class Retriever:
             hit = self._triggers[entry.id] = sorted(self.index.keywords.match(entry.text).items())
         return hit
 
-    def _consider(self, npc: LoreEntry, line: str, e: LoreEntry, key: str, step: int, found_in: str, window: str, drop) -> Pick | None:
+
+class _Turn:
+    """One turn's selection (`Retriever.select`), in named steps over shared state.
+
+    Steps, in order: `rank_similar` (embedding and BM25 rankings, fused),
+    `key_hits` (keys in the line and scanned history, step 0) -> `fill`,
+    `recurse` (keys in the text of included entries, step by step) -> `fill`,
+    `similar_hits` (similarity-only entries) -> `fill`, then `result`.
+    """
+
+    def __init__(self, r: Retriever, npc: LoreEntry, line: str, history: Sequence[str], exclude: set[str] | None) -> None:
+        self.r = r
+        self.npc = npc
+        self.line = line
+        self.history = list(history)
+        self.sel = Selection(prefix=r.prefix(npc.id), budget=r.token_budget)
+        self.over = r.prefix_dropped(npc.id)
+        self.already = set(exclude or ())
+        self.skip = self.already | {p.entry.id for p in self.sel.prefix} | {p.entry.id for p in self.over}
+        self.taken: set[str] = set()  # ids included in the turn or dropped for budget
+        self.dropped: dict[str, Pick] = {}  # ids dropped before the budget fill, with the reason
+        self.ranked: list[Pick] = []  # every pick that reached the budget fill, in fill order
+        self.sims: dict[str, float] = {}  # cosine similarity of the nearest entries
+        self.bm25: dict[str, float] = {}  # BM25 score of the best entries
+        self.fused: dict[str, float] = {}  # weighted reciprocal rank fusion of the two
+        self.texts: list[str] = [line]  # the texts scanned for keys, the line first
+
+    def drop(self, e: LoreEntry, why: str, reason: str, **kw) -> None:
+        """Record that `e` was triggered but cannot be used (first reason wins)."""
+        if e.id not in self.dropped and e.id not in self.taken:
+            self.dropped[e.id] = Pick(e, 0.0, why, self.r.tokens(e), reason, **kw)
+
+    def fill(self, picks: list[Pick]) -> list[Pick]:
+        """Add `picks` (one tier) to the turn in `_rank` order while the budget lasts; returns those included."""
+        r, sel = self.r, self.sel
+        added = []
+        for p in sorted(picks, key=_rank):
+            self.taken.add(p.entry.id)
+            self.dropped.pop(p.entry.id, None)
+            self.ranked.append(p)
+            left = r.token_budget - sel.used
+            if p.tokens <= left:
+                sel.used += p.tokens
+                sel.turn.append(p)
+                added.append(p)
+                continue
+            part = None
+            if (p.found_in == "line" or p.tokens > r.token_budget) and left >= r.min_partial_tokens:
+                part = r.trim(p.entry, left)
+            if part is None:
+                sel.dropped.append(replace(p, reason=BUDGET))
+                continue
+            entry, tokens = part
+            p = replace(p, entry=entry, tokens=tokens, full_tokens=p.tokens)
+            sel.used += tokens
+            sel.turn.append(p)
+            added.append(p)
+        return added
+
+    def rank_similar(self, dense: bool, lexical: bool) -> None:
+        """Step 1: the ``vector_k`` nearest entries by embedding and the best by BM25, fused by weighted rank."""
+        r = self.r
+        near = r.index.nearest(self.line, r.vector_k) if dense else []
+        best = r.index.lexical.search(self.line, r.vector_k) if lexical else []
+        self.sims = {eid: sim for eid, sim in near if sim >= r.min_similarity}
+        self.bm25 = dict(best)
+        for weight, ranking in ((r.vector_weight, [eid for eid, _ in near if eid in self.sims]), (r.lexical_weight, [eid for eid, _ in best])):
+            for i, eid in enumerate(ranking):
+                self.fused[eid] = self.fused.get(eid, 0.0) + weight / (r.rrf_k + i + 1)
+
+    def annotate(self, p: Pick) -> Pick:
+        """`p` with its fused score, similarity and BM25 score when similarity found it too."""
+        eid = p.entry.id
+        if eid not in self.fused:
+            return p
+        return replace(p, score=self.fused[eid], similarity=self.sims.get(eid), lexical=self.bm25.get(eid))
+
+    def consider(self, e: LoreEntry, key: str, step: int, found_in: str, window: str) -> Pick | None:
         """A triggered entry's pick, or None after recording why it cannot be used."""
         why = f"key:{key}"
         reason = None
         if e.disabled:
             reason = DISABLED
-        elif not knows(npc, e):
+        elif not knows(self.npc, e):
             reason = SCOPE
         elif not secondary_ok(e, window):
             reason = SECONDARY
         elif step < _delay(e) or (step > 0 and e.exclude_recursion):
             reason = RECURSION
-        elif not roll(npc.id, line, e):
+        elif not roll(self.npc.id, self.line, e):
             reason = PROBABILITY
         if reason is not None:
-            drop(e, why, reason, key=key, step=step, found_in=found_in)
+            self.drop(e, why, reason, key=key, step=step, found_in=found_in)
             return None
-        return Pick(e, 0.0, why, self.tokens(e), key=key, step=step, found_in=found_in)
+        return self.annotate(Pick(e, 0.0, why, self.r.tokens(e), key=key, step=step, found_in=found_in))
 
-    def _direct(self, npc: LoreEntry, line: str, history: list[str], skip: set[str], drop, already: set[str], present: list[str]) -> tuple[list[Pick], list[str]]:
-        """Entries whose keys occur in the line or the scanned earlier lines (step 0), and the scanned texts (line first).
+    def key_hits(self) -> list[Pick]:
+        """Step 2: entries whose keys occur in the line or the scanned earlier lines (step 0).
 
-        Hits among `already` (entries in the conversation) are appended to `present` instead."""
-        entries = self.index.entries
-        kw = self.index.keywords
-        self._follow_index()
-        depth = max(self.scan_depth, self._deepest_scan)
-        texts = [line] + [history[-d] for d in range(1, min(depth, len(history)) + 1)]
+        Hits among the entries already in the conversation go to ``Selection.present`` instead."""
+        r = self.r
+        entries = r.index.entries
+        r._follow_index()
+        depth = max(r.scan_depth, r._deepest_scan)
+        h = self.history
+        self.texts = [self.line] + [h[-d] for d in range(1, min(depth, len(h)) + 1)]
         hits: dict[str, tuple[str, int]] = {}  # entry id -> (key, lines back)
-        for back, text in enumerate(texts):
-            for eid, key in kw.match(text).items():
+        for back, text in enumerate(self.texts):
+            for eid, key in r.index.keywords.match(text).items():
                 if eid not in hits:
                     hits[eid] = (key, back)
         picks = []
         for eid, (key, back) in sorted(hits.items()):
             e = entries.get(eid)
-            if e is None or self.prefix_placed(e):
+            if e is None or r.prefix_placed(e):
                 continue
-            d = self.scan_depth_of(e)
+            d = r.scan_depth_of(e)
             if back > d:
                 continue
-            if eid in already:
-                present.append(eid)
+            if eid in self.already:
+                self.sel.present.append(eid)
                 continue
-            if eid in skip:
+            if eid in self.skip:
                 continue
-            window = "\n".join(texts[: d + 1])
-            p = self._consider(npc, line, e, key, 0, "line" if back == 0 else f"history:{back}", window, drop)
+            window = "\n".join(self.texts[: d + 1])
+            p = self.consider(e, key, 0, "line" if back == 0 else f"history:{back}", window)
             if p is not None:
                 picks.append(p)
-        return picks, texts
+        return picks
 
-    def _recurse(self, npc: LoreEntry, line: str, texts: list[str], included: list[Pick], skip: set[str], taken: set[str], drop, fill, annotate) -> None:
-        """Recursion: keys in the text of the entries included at the previous step trigger the next step."""
-        entries = self.index.entries
+    def recurse(self, included: list[Pick]) -> None:
+        """Step 3: keys in the text of the entries included at the previous step trigger the next step."""
+        r = self.r
+        entries = r.index.entries
         buffer = ""
         step = 0
         while included:
@@ -557,24 +537,59 @@ class Retriever:
             for source in sources:
                 src = source.entry
                 # a trimmed entry triggers only from the text that was injected
-                targets = self.triggers(src) if source.full_tokens is None else sorted(self.index.keywords.match(src.text).items())
+                targets = r.triggers(src) if source.full_tokens is None else sorted(r.index.keywords.match(src.text).items())
                 for eid, key in targets:
                     e = entries.get(eid)
-                    if e is None or eid in skip or eid in taken or eid in picks or self.prefix_placed(e):
+                    if e is None or eid in self.skip or eid in self.taken or eid in picks or r.prefix_placed(e):
                         continue
                     found_in = f"recursion:{src.id}"
-                    if step > self.max_recursion:
-                        if not e.disabled and knows(npc, e):
-                            drop(e, f"key:{key}", RECURSION, key=key, step=step, found_in=found_in)
+                    if step > r.max_recursion:
+                        if not e.disabled and knows(self.npc, e):
+                            self.drop(e, f"key:{key}", RECURSION, key=key, step=step, found_in=found_in)
                         continue
-                    d = self.scan_depth_of(e)
-                    window = "\n".join(texts[: d + 1]) + "\n" + buffer
-                    pick = self._consider(npc, line, e, key, step, found_in, window, drop)
+                    d = r.scan_depth_of(e)
+                    window = "\n".join(self.texts[: d + 1]) + "\n" + buffer
+                    pick = self.consider(e, key, step, found_in, window)
                     if pick is not None:
-                        picks[eid] = annotate(pick)
-            if step > self.max_recursion:
+                        picks[eid] = pick
+            if step > r.max_recursion:
                 return
-            included = fill(sorted(picks.values(), key=_rank))
+            included = self.fill(list(picks.values()))
+
+    def similar_hits(self) -> list[Pick]:
+        """Step 4: entries found by similarity alone (not triggered, not vetoed by their own rules)."""
+        r, sel = self.r, self.sel
+        entries = r.index.entries
+        similar: list[Pick] = []
+        for eid, score in sorted(self.fused.items(), key=lambda kv: (-kv[1], kv[0])):
+            e = entries.get(eid)
+            if eid in self.already and e is not None and eid not in sel.present:
+                sel.present.append(eid)
+            if e is None or eid in self.skip or eid in self.taken or e.disabled or r.prefix_placed(e):
+                continue
+            if eid in self.dropped and (self.dropped[eid].reason != RECURSION or self.dropped[eid].step == 0):
+                # a key hit vetoed by its own rules (secondary keys, probability, delay_until_recursion
+                # for the player's words) stays out; one that recursion merely reached (past
+                # max_recursion, or exclude_recursion) is a similarity hit like any other
+                continue
+            sim, lex = self.sims.get(eid), self.bm25.get(eid)
+            why = f"vector:{sim:.3f}" if sim is not None else f"text:{lex:.2f}"
+            if not knows(self.npc, e):
+                self.drop(e, why, SCOPE, similarity=sim, lexical=lex)
+                continue
+            similar.append(Pick(e, score, why, r.tokens(e), similarity=sim, lexical=lex))
+        return similar
+
+    def result(self) -> Selection:
+        """Step 5: scores become fill ranks; dropped entries listed (budget in fill order, then by reason, then prefix overflow)."""
+        sel = self.sel
+        n = len(self.ranked)
+        rank_of = {p.entry.id: float(n - i) for i, p in enumerate(self.ranked)}
+        sel.turn = [replace(p, score=rank_of[p.entry.id]) for p in sel.turn]
+        sel.dropped = [replace(p, score=rank_of[p.entry.id]) for p in sel.dropped]
+        sel.dropped.extend(sorted(self.dropped.values(), key=lambda p: (p.reason, p.entry.id)))
+        sel.dropped.extend(self.over)
+        return sel
 
 
 def _rank(p: Pick) -> tuple:
@@ -583,25 +598,3 @@ def _rank(p: Pick) -> tuple:
         tier = 0 if p.found_in == "line" else 1 if p.found_in.startswith("history") else 2
         return (tier, p.step, -p.entry.order, -len(p.key), -p.score, p.entry.id)
     return (3, 0, 0, 0, -p.score, -(p.similarity if p.similarity is not None else -2.0), p.entry.id)
-
-
-def render_entry(entry: LoreEntry, speaker: bool = False) -> str:
-    """An entry as it appears in a prompt (Markdown-ish, one block).
-
-    An NPC card shows its ``voice``, ``knows`` and ``hides`` only when that NPC is
-    the `speaker`; another NPC's card shows only its public persona and body, so
-    one NPC's secrets never reach another NPC's prompt.
-    """
-    if entry.npc is not None:
-        c = entry.npc
-        lines = [f"## {entry.name}", c.persona]
-        if speaker:
-            lines.append(f"Voice: {c.voice}")
-            if c.knows:
-                lines.append("Knows: " + " ".join(c.knows))
-            if c.hides:
-                lines.append("Keeps secret (never reveals directly): " + " ".join(c.hides))
-        if entry.text:
-            lines.append(entry.text)
-        return "\n".join(lines)
-    return f"## {entry.name} ({entry.kind.value})\n{entry.text}"

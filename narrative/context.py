@@ -40,13 +40,13 @@ What it does, per conversation (a ``key``), on one llama.cpp context:
   switch is free while a snapshot copies the conversation's whole KV cache (GiBs
   at 100k+ tokens on a 27B). Why split caches and not one unified pool: with a
   unified pool the logits of one conversation change with what the others hold
-  (see `narrative.models._load_llama`). A new conversation whose prompt starts
+  (see `narrative.llm._load_llama`). A new conversation whose prompt starts
   with another one's checkpointed prefix (two players at one NPC) starts from a
   copy of it instead of token 0.
 - **Sessions persist.** `save` writes tokens, checkpoints and the full sequence
-  state to a file with a fingerprint of the model and context settings; `load`
-  refuses a file made with another model or settings (`StateMismatch`) and
-  otherwise restores it without decoding anything.
+  state to a file (format: `narrative.state_file`) with a fingerprint of the
+  model and context settings; `load` refuses a file made with another model or
+  settings (`StateMismatch`) and otherwise restores it without decoding anything.
 
 Not thread-safe: callers serialize access (hold ``model.lock``).
 """
@@ -54,25 +54,18 @@ Not thread-safe: callers serialize access (hold ``model.lock``).
 from __future__ import annotations
 
 import codecs
-import hashlib
-import json
 import logging
-import os
-import struct
 import threading
 import time
-from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from narrative.models import ContextOverflow, Generation, KvCacheFull, LlamaModel, ModelError, StateError
+from narrative.llm import ContextOverflow, Generation, KvCacheFull, LlamaModel, ModelError, SamplingParams, StateError
 from narrative.settings import ContextSettings
+from narrative.state_file import STATE_FORMAT, read_header, read_state_file, state_file_name, write_state_file
 
 log = logging.getLogger(__name__)
-
-STATE_MAGIC = b"NARRCTX1"
-STATE_FORMAT = 1
 
 
 class StateMismatch(ModelError):
@@ -234,7 +227,7 @@ class ContextEngine:
     def _share_prefix(self, conv: _Conv, prompt: Sequence[int]) -> None:
         """Start an empty conversation from another hot one's checkpoint on the same prompt prefix.
 
-        Each sequence has its own KV cells (see `narrative.models._load_llama`), so the
+        Each sequence has its own KV cells (see `narrative.llm._load_llama`), so the
         donor's full sequence state is copied (``llama_state_seq_get/set_data``), then
         its recurrent state is replaced by the checkpoint's and its KV trimmed to it.
         """
@@ -309,26 +302,26 @@ class ContextEngine:
         self,
         key: str,
         prompt: Sequence[int],
+        params: SamplingParams,
         *,
-        boundaries: Iterable[int] = (),
         max_tokens: int,
-        temperature: float,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        repeat_penalty: float = 1.0,
-        seed: int = 0,
+        boundaries: Iterable[int] = (),
         cancel: threading.Event | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> Generation:
         """Decode `prompt` for conversation `key` (reusing what its memory holds) and sample a reply.
 
+        Two steps: `prefill` (make the conversation's memory hold `prompt`,
+        decoding only past what it already holds) then `sample`.
+
         Args:
             key: conversation id (e.g. ``session/npc``); created on first use.
             prompt: the full prompt as token ids (at least 1).
+            params: how tokens are drawn (temperature 0 = greedy).
+            max_tokens: upper bound on generated tokens.
             boundaries: token counts (prefixes of `prompt`) after which to keep a
                 checkpoint, e.g. ``[len(stable_prefix), len(history)]``.
-            max_tokens: upper bound on generated tokens.
-            temperature: 0 = greedy.
+            cancel: set it to stop after the current token (``finish_reason`` ``cancelled``).
             on_text: called with each decoded text piece (UTF-8 safe).
 
         Returns:
@@ -347,6 +340,38 @@ class ContextEngine:
             raise ValueError("empty prompt")
         if len(prompt) + max_tokens > m.n_ctx:
             raise ContextOverflow(f"prompt of {len(prompt)} tokens + max_tokens {max_tokens} exceeds n_ctx {m.n_ctx} of a conversation ({m.n_seq_max} sequences)")
+        conv, cached = self.prefill(key, prompt, boundaries)
+        out, text, finish, t_first = self.sample(conv, params, max_tokens=max_tokens, cancel=cancel, on_text=on_text)
+        t_end = time.perf_counter()
+        t_first = t_first or t_end
+        decode_s = t_end - t_first
+        return Generation(
+            tokens=out,
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=len(prompt),
+            cached_tokens=cached,
+            ttft_ms=(t_first - t0) * 1000,
+            total_ms=(t_end - t0) * 1000,
+            decode_tps=(len(out) - 1) / decode_s if len(out) > 1 and decode_s > 0 else 0.0,
+        )
+
+    def prefill(self, key: str, prompt: list[int], boundaries: Iterable[int] = ()) -> tuple[_Conv, int]:
+        """Make conversation `key`'s sequence hold exactly `prompt`, with the last token's logits ready.
+
+        Reuses the longest common prefix with what the sequence holds (trimming
+        the KV cache, or restoring a checkpoint on a hybrid model), or another
+        hot conversation's checkpointed prefix, and decodes the rest split at
+        `boundaries`, keeping a checkpoint at each. At least one token is decoded.
+
+        Returns:
+            (the conversation, prompt tokens reused without decoding).
+
+        Raises:
+            ContextOverflow: the KV cache is full (the conversation's memory is cleared).
+            ModelError: llama.cpp failed to decode (the conversation's memory is cleared).
+        """
+        m = self.model
         self._check_foreign()
         conv = self.convs.get(key)
         if conv is None:
@@ -359,7 +384,6 @@ class ContextEngine:
         limit = min(_common_prefix(conv.tokens, prompt), len(prompt) - 1)  # >= 1 token decoded: its logits start the reply
         self._rewind(conv, limit)
         cached = len(conv.tokens)
-        # decode the rest of the prompt, split at block boundaries for checkpoints
         cuts = sorted({b for b in boundaries if cached < b < len(prompt)}) + [len(prompt)]
         pos = cached
         try:
@@ -379,8 +403,28 @@ class ContextEngine:
         self.last_evaluated = evaluated
         self.stats.prompt_tokens += len(prompt)
         self.stats.evaluated_tokens += evaluated
+        return conv, cached
 
-        sampler = m.sampler(temperature=temperature, top_p=top_p, top_k=top_k, repeat_penalty=repeat_penalty, seed=seed)
+    def sample(
+        self,
+        conv: _Conv,
+        params: SamplingParams,
+        *,
+        max_tokens: int,
+        cancel: threading.Event | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> tuple[list[int], str, str, float | None]:
+        """Sample up to `max_tokens` after a `prefill` of `conv`, decoding each token into its sequence.
+
+        Returns:
+            (token ids without the end-of-generation token, their text,
+            finish reason ``stop``/``length``/``cancelled``, perf_counter time of the first sampled token).
+
+        Raises:
+            ContextOverflow: the KV cache filled up (the conversation's memory is cleared).
+        """
+        m = self.model
+        sampler = m.sampler(params)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         out: list[int] = []
         pieces: list[str] = []
@@ -409,7 +453,7 @@ class ContextEngine:
                 conv.tokens.append(tok)
         except KvCacheFull as exc:
             self._forget_memory(conv)
-            raise ContextOverflow(f"KV cache full while generating for {key!r}: {exc}") from None
+            raise ContextOverflow(f"KV cache full while generating for {conv.key!r}: {exc}") from None
         finally:
             sampler.close()
         tail = decoder.decode(b"", final=True)
@@ -417,19 +461,7 @@ class ContextEngine:
             pieces.append(tail)
             if on_text is not None:
                 on_text(tail)
-        t_end = time.perf_counter()
-        t_first = t_first or t_end
-        decode_s = t_end - t_first
-        return Generation(
-            tokens=out,
-            text="".join(pieces),
-            finish_reason=finish,
-            prompt_tokens=len(prompt),
-            cached_tokens=cached,
-            ttft_ms=(t_first - t0) * 1000,
-            total_ms=(t_end - t0) * 1000,
-            decode_tps=(len(out) - 1) / decode_s if len(out) > 1 and decode_s > 0 else 0.0,
-        )
+        return out, "".join(pieces), finish, t_first
 
     def _forget_memory(self, conv: _Conv) -> None:
         if conv.seq is not None:
@@ -457,17 +489,15 @@ class ContextEngine:
     # ---- persistence -------------------------------------------------------
 
     def save(self, key: str, path: Path, meta: dict | None = None) -> int:
-        """Write conversation `key` (tokens, checkpoints, full sequence state) to `path`.
-
-        File layout: ``NARRCTX1`` | u64 header length | header JSON (format,
-        fingerprint, sizes, `meta`) | int32 tokens | state | checkpoint states.
-        Written to a temporary file and renamed (a crash leaves the old file).
+        """Write conversation `key` (tokens, checkpoints, full sequence state) to `path`
+        (format: `narrative.state_file`), atomically: a crash leaves the old file.
 
         Returns:
             bytes written.
 
         Raises:
             KeyError: unknown `key` or nothing cached for it.
+            OSError: the file cannot be written (the old one stays).
         """
         self._check_foreign()
         conv = self.convs[key]
@@ -477,38 +507,13 @@ class ContextEngine:
             state = conv.snapshot
         else:
             raise KeyError(f"conversation {key!r} holds no state")
-        toks = array("i", conv.tokens).tobytes()
-        header = {
-            "format": STATE_FORMAT,
-            "key": key,
-            "fingerprint": self.model.fingerprint(),
-            "n_tokens": len(conv.tokens),
-            "state_bytes": len(state),
-            "checkpoints": [[c.n_tokens, len(c.data)] for c in conv.checkpoints],
-            "meta": meta or {},
-        }
-        hb = json.dumps(header).encode("utf-8")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("wb") as f:
-            f.write(STATE_MAGIC + struct.pack("<Q", len(hb)) + hb)
-            f.write(toks)
-            f.write(state)
-            for c in conv.checkpoints:
-                f.write(c.data)
-        os.replace(tmp, path)
-        return path.stat().st_size
+        header = {"key": key, "fingerprint": self.model.fingerprint(), "meta": meta or {}}
+        return write_state_file(path, header, conv.tokens, state, [(c.n_tokens, c.data) for c in conv.checkpoints])
 
     @staticmethod
     def read_header(path: Path) -> dict:
         """The JSON header of a state file. Raises `StateError` if `path` is not one."""
-        with Path(path).open("rb") as f:
-            magic = f.read(8)
-            if magic != STATE_MAGIC:
-                raise StateError(f"{path}: not a narrative context state file (magic {magic!r})")
-            (n,) = struct.unpack("<Q", f.read(8))
-            return json.loads(f.read(n))
+        return read_header(path)
 
     def load(self, key: str, path: Path) -> dict:
         """Restore a conversation saved by `save` under `key`, into a sequence, without decoding.
@@ -522,7 +527,7 @@ class ContextEngine:
             StateError: not a state file, truncated, or rejected by llama.cpp.
         """
         path = Path(path)
-        header = self.read_header(path)
+        header = read_header(path)
         if header.get("format") != STATE_FORMAT:
             raise StateError(f"{path}: state format {header.get('format')} (this sidecar reads {STATE_FORMAT})")
         mine = self.model.fingerprint()
@@ -530,37 +535,20 @@ class ContextEngine:
         diff = [f"{k}: saved {saved.get(k)!r}, current {mine.get(k)!r}" for k in sorted(set(mine) | set(saved)) if saved.get(k) != mine.get(k)]
         if diff:
             raise StateMismatch(f"{path}: made with another model or settings, not loaded ({'; '.join(diff)})")
-        with path.open("rb") as f:
-            f.seek(8)
-            (n,) = struct.unpack("<Q", f.read(8))
-            f.seek(16 + n)
-            tok_bytes = f.read(4 * header["n_tokens"])
-            state = f.read(header["state_bytes"])
-            cks = [Checkpoint(nt, f.read(size)) for nt, size in header["checkpoints"]]
-        if len(tok_bytes) != 4 * header["n_tokens"] or len(state) != header["state_bytes"] or any(
-            len(c.data) != size for c, (_, size) in zip(cks, header["checkpoints"])
-        ):
-            raise StateError(f"{path}: truncated state file")
+        f = read_state_file(path)
         self._check_foreign()
         self.forget(key)
         conv = self.convs[key] = _Conv(key)
         self._touch(conv)
-        toks = array("i")
-        toks.frombytes(tok_bytes)
-        conv.tokens = toks.tolist()
-        conv.checkpoints = cks
-        conv.snapshot = state
+        conv.tokens = f.tokens
+        conv.checkpoints = [Checkpoint(n, data) for n, data in f.checkpoints]
+        conv.snapshot = f.state
         self._make_hot(conv)  # loads the state into a sequence (drops it all if llama.cpp rejects it)
         held = self.model.seq_pos_max(conv.seq) + 1
         if held != header["n_tokens"] or len(conv.tokens) != header["n_tokens"]:
             self.forget(key)
             raise StateError(f"{path}: llama.cpp restored {held} positions, the file lists {header['n_tokens']} tokens")
         return header.get("meta", {})
-
-
-def state_file_name(key: str) -> str:
-    """A file name for conversation `key` (any string): ``<sha256 prefix>.ctx``."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:24] + ".ctx"
 
 
 __all__ = ["Checkpoint", "ContextEngine", "EngineStats", "StateMismatch", "state_file_name"]

@@ -27,10 +27,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lore.retrieve import Pick, Retriever, render_entry
-from narrative.context import ContextEngine, StateMismatch, state_file_name
-from narrative.models import LlamaModel, ModelError
+from lore.render import render_entry
+from lore.retrieve import Pick, Retriever
+from narrative.context import ContextEngine, StateMismatch
+from narrative.llm import LlamaModel, ModelError, SamplingParams
 from narrative.settings import ContextSettings, SamplingSettings
+from narrative.state_file import state_file_name
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +239,7 @@ class DialogueEngine:
 
         Raises:
             lore.retrieve.UnknownNpc: `npc_id` is not an NPC.
-            narrative.models.ContextOverflow: even the prefix and this turn alone do not fit.
+            narrative.llm.ContextOverflow: even the prefix and this turn alone do not fit.
         """
         t0 = time.perf_counter()
         conv = self.conversation(session, npc_id)
@@ -267,13 +269,15 @@ class DialogueEngine:
             gen = self.context.generate(
                 self._key(session, npc_id),
                 prompt,
-                boundaries=(len(conv.prefix_tokens), len(history)),  # checkpoints: end of the stable prefix, end of the history
+                SamplingParams(
+                    temperature=s.temperature if temperature is None else temperature,
+                    top_p=s.top_p,
+                    top_k=s.top_k,
+                    repeat_penalty=s.repeat_penalty,
+                    seed=self.model.settings.seed if seed is None else seed,
+                ),
                 max_tokens=max_tokens,
-                temperature=s.temperature if temperature is None else temperature,
-                top_p=s.top_p,
-                top_k=s.top_k,
-                repeat_penalty=s.repeat_penalty,
-                seed=self.model.settings.seed if seed is None else seed,
+                boundaries=(len(conv.prefix_tokens), len(history)),  # checkpoints: end of the stable prefix, end of the history
                 cancel=cancel,
                 on_text=on_text,
             )

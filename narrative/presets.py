@@ -53,12 +53,11 @@ with YaRN (factor 4, original context 262,144; llama.cpp: ``--rope-scaling yarn
 --rope-scale 4 --yarn-orig-ctx 262144``); sampling non-thinking / general:
 temperature 0.7, top_p 0.8, top_k 20, min_p 0, presence_penalty 1.5; thinking /
 general: 1.0, 0.95, 20, 0, 1.5. Dialogue runs with thinking off (the chat
-template's empty ``<think>\\n\\n</think>\\n\\n``, see `narrative.models.ChatFormat`).
+template's empty ``<think>\\n\\n</think>\\n\\n``, see `narrative.llm.ChatFormat`).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import shutil
@@ -66,7 +65,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from narrative.models import ModelError
+from narrative.llm import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +352,8 @@ def check_fits(plans: list[Plan], budget_bytes: int, where: str) -> None:
 
 def detect_budget(on_gpu: bool) -> tuple[int | None, str]:
     """(bytes available, where): total memory of GPU 0 from ``nvidia-smi`` when
-    offloading, else ``MemAvailable`` from /proc/meminfo; None when unknown."""
+    offloading, else available RAM (``psutil.virtual_memory().available``: Linux's
+    MemAvailable, and its equivalent on Windows and macOS); None when unknown."""
     if on_gpu:
         exe = shutil.which("nvidia-smi")
         if exe:
@@ -364,12 +364,11 @@ def detect_budget(on_gpu: bool) -> tuple[int | None, str]:
                 pass
         return None, "GPU memory"
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024, "RAM"
-    except OSError:
-        pass
-    return None, "RAM"
+        import psutil  # MemAvailable on Linux, the same figure from the OS on Windows and macOS
+
+        return int(psutil.virtual_memory().available), "RAM"
+    except (ImportError, OSError, AttributeError):
+        return None, "RAM"
 
 
 def plan_for_settings(ms, label: str = "dialogue") -> Plan:
@@ -378,7 +377,7 @@ def plan_for_settings(ms, label: str = "dialogue") -> Plan:
     Raises:
         ModelError: the file cannot be read.
     """
-    from narrative.models import read_model_metadata, resolve_model_path
+    from narrative.llm import read_model_metadata, resolve_model_path
 
     path = resolve_model_path(ms.path)
     try:
@@ -407,79 +406,6 @@ def ensure_fits(ms, budget_gib: float | None = None, label: str = "dialogue") ->
         return p
     check_fits([p], budget, where)
     return p
-
-
-def add_cli(sub, common: argparse.ArgumentParser) -> None:
-    """Register ``narrative models plan`` on the CLI's subparsers."""
-    models = sub.add_parser("models", help="model presets and memory plans").add_subparsers(dest="models_cmd", required=True, metavar="MODELS_COMMAND")
-    p = models.add_parser("plan", help="memory a dialogue (+ batch) model configuration needs, before loading it")
-    p.add_argument("--preset", default="qwen3.5-27b-dialogue", help=f"dialogue preset: {', '.join(PRESETS)}")
-    p.add_argument("--ctx", type=int, help="context per conversation in tokens (default: 32k, 262k and 1,010,000 with f16/q8_0/q4_0)")
-    p.add_argument("--seqs", type=int, default=1, help="conversations held at once (n_seq_max): KV cells = ctx x seqs")
-    p.add_argument("--kv", choices=sorted(KV_BYTES), help="KV cache type (default: the preset's)")
-    p.add_argument("--quant", default=None, choices=sorted(QUANT_BPW), help="weights quantization when no --model file")
-    p.add_argument("--model", type=Path, help="GGUF file of the dialogue model (weights and numbers read from it)")
-    p.add_argument("--batch-preset", default="qwen3.5-35b-a3b-batch", help="batch preset planned alongside ('none' to skip)")
-    p.add_argument("--batch-ctx", type=int, default=32_768, help="context per batch job in tokens")
-    p.add_argument("--gpu-gib", type=float, help="GPU memory to check against (default: nvidia-smi, else a list of common sizes)")
-    p.set_defaults(func=cmd_plan)
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    if args.preset not in PRESETS:
-        print(f"error: unknown preset {args.preset!r}; presets: {', '.join(PRESETS)}")
-        return 2
-    pre = PRESETS[args.preset]
-    arch = pre.arch
-    weights = None
-    if args.model:
-        meta, weights = read_gguf_metadata(args.model)
-        arch = Arch.from_gguf_metadata(meta)
-    quant = args.quant or pre.quant
-    if args.ctx is None:
-        plans = [
-            plan(PRESETS[n].arch, n_ctx=c, type_k=t, type_v=t, quant=PRESETS[n].quant, label=PRESETS[n].arch.name)
-            for n in PRESETS for c in (32_768, NATIVE_CTX, YARN_MAX_CTX) for t in ("f16", "q8_0", "q4_0")
-        ]
-        print(f"Memory plans, one sequence, weights at {quant} (~{QUANT_BPW[quant]} bits/weight); "
-              f"past {NATIVE_CTX:,} tokens YaRN factor 4 applies\n")
-        print(table(plans))
-        return 0
-    kv = args.kv or pre.settings.get("type_k", "f16")
-    if args.ctx > YARN_MAX_CTX:
-        print(f"error: --ctx {args.ctx:,} exceeds {YARN_MAX_CTX:,} tokens (Qwen3.5 with YaRN)")
-        return 2
-    d = plan(arch, n_ctx=args.ctx * args.seqs, n_seq_max=args.seqs, type_k=kv, type_v=kv, weights_bytes=weights, quant=quant,
-             label=f"dialogue: {args.model.name if args.model else arch.name}")
-    plans = [d]
-    b = None
-    if args.batch_preset != "none":
-        bp = PRESETS[args.batch_preset]
-        b = plan(bp.arch, n_ctx=args.batch_ctx, type_k=bp.settings["type_k"], type_v=bp.settings["type_v"], quant=bp.quant, label=f"batch: {bp.arch.name}")
-        plans.append(b)
-    print(table(plans))
-    print()
-    if args.ctx > NATIVE_CTX:
-        print(f"context {args.ctx:,} > {NATIVE_CTX:,}: YaRN factor 4, yarn_orig_ctx {NATIVE_CTX:,} (model card)")
-    if kv != "f16":
-        print(f"KV type {kv} needs flash_attn=true (quantized V)")
-    budgets = [int(args.gpu_gib * GiB)] if args.gpu_gib else []
-    if not budgets:
-        got, _ = detect_budget(True)
-        budgets = [got] if got else [g * GiB for g in (24, 32, 48, 80, 141)]
-    both = d.total + (b.total if b else 0)
-    for cap in budgets:
-        if both <= cap:
-            verdict = "dialogue and batch models both stay resident"
-        elif d.total <= cap and b is not None and b.total <= cap:
-            verdict = (f"dialogue stays resident ({fmt_gib(d.total)}); the batch model ({fmt_gib(b.total)}) does not fit beside it: "
-                       "run batch jobs on another GPU or the CPU, or only while no dialogue is served (the batch model loads on demand)")
-        elif d.total <= cap:
-            verdict = f"dialogue fits ({fmt_gib(d.total)}); the batch model never fits here"
-        else:
-            verdict = f"does NOT fit: dialogue alone needs {fmt_gib(d.total)}; the sidecar refuses this configuration"
-        print(f"{fmt_gib(cap):>12} GPU: {verdict}")
-    return 0
 
 
 __all__ = [

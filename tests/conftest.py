@@ -44,7 +44,8 @@ def fixture_paths() -> dict[str, Path]:
 
 
 def make_settings(state_dir: Path, **server):
-    from narrative.settings import ServerSettings, load_settings
+    from app.settings import load_settings
+    from bridge.settings import ServerSettings
 
     s = load_settings(state_dir=state_dir)
     s.lore.dir = SAMPLES
@@ -54,7 +55,7 @@ def make_settings(state_dir: Path, **server):
 
 @pytest.fixture(scope="session")
 def embedder():
-    from narrative.models import LlamaEmbedder
+    from narrative.llm import LlamaEmbedder
     from narrative.settings import EmbeddingSettings
 
     return LlamaEmbedder(EmbeddingSettings())
@@ -73,16 +74,16 @@ def sample_state(tmp_path_factory, embedder) -> Path:
 
 @pytest.fixture(scope="session")
 def runtime(sample_state, embedder):
-    from narrative.models import LlamaModel
-    from narrative.runtime import Runtime, open_index
-    from narrative.dialogue import DialogueEngine
+    from app.runtime import Runtime, open_index
     from lore.retrieve import Retriever
+    from narrative.dialogue import DialogueEngine
+    from narrative.llm import LlamaModel
 
     s = make_settings(sample_state, max_frame_bytes=16 * 1024, hard_max_frame_bytes=256 * 1024)
     index, _ = open_index(s, embedder)
     model = LlamaModel(s.dialogue_model)
     lo = s.lore
-    retriever = Retriever.from_settings(index, model.count_tokens, lo)
+    retriever = Retriever(index, model.count_tokens, lo)
     return Runtime(s, model, embedder, index, retriever, DialogueEngine(model, retriever, s.sampling), None)
 
 
@@ -119,7 +120,7 @@ def sidecar(runtime):
     """(endpoint, server) of a running sidecar over the sample world."""
     from bridge.server import SidecarServer
 
-    st = ServerThread(SidecarServer(runtime.engine, runtime.settings.server, runtime.model_names()))
+    st = ServerThread(SidecarServer(runtime.service(), runtime.settings.server))
     endpoint = st.start()
     yield endpoint, st.server
     st.stop()

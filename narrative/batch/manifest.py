@@ -5,9 +5,9 @@
 entry in the prompt, model fingerprint, settings digest, prompt template
 version, generator version, seed), the output path and the sha256 of the output bytes.
 
-Crash safety (kill -9 at any moment): every file is written to a temporary
-file in the same folder, fsynced, then ``os.replace``d over the target (atomic
-on POSIX), and the folder is fsynced. The output is written before its manifest
+Crash safety (kill -9 at any moment): every file is written with
+`narrative.files.atomic_write` (a temporary file in the same folder, fsynced,
+then ``os.replace``d over the target, and the folder fsynced). The output is written before its manifest
 record, so the manifest never names an output that is not complete. An output
 written but not yet recorded carries its key in ``meta.key`` and is adopted on
 the next run without regenerating.
@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from narrative.files import atomic_write, head_tail_sha256
 
 log = logging.getLogger(__name__)
 
@@ -36,58 +37,10 @@ def canonical_digest(obj: object) -> str:
     return sha256_bytes(json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves the old file or the new one, never a mix.
-
-    Temp file in the same folder -> write -> fsync -> ``os.replace`` -> fsync the folder.
-
-    Raises:
-        OSError: the folder is not writable or the disk is full (the temp file is removed).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def remove_stale_temps(folder: Path) -> int:
-    """Delete temp files left by a killed run (``.<name>.<pid>.tmp``); returns how many."""
-    n = 0
-    if folder.is_dir():
-        for p in folder.glob(".*.tmp"):
-            p.unlink(missing_ok=True)
-            n += 1
-    return n
-
-
 def model_fingerprint(path: Path) -> str:
-    """Identity of a GGUF file: size + sha256 of its first and last 16 MiB.
-
-    Hashing the whole file of a 20 GB production model would take minutes per
-    build; the head holds the metadata and tensor directory and the tail the
-    last tensors, so re-quantizing, re-converting or swapping a file changes it.
-    """
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    chunk = 16 << 20
-    with path.open("rb") as f:
-        h.update(f.read(chunk))
-        if size > chunk:
-            f.seek(max(chunk, size - chunk))
-            h.update(f.read(chunk))
-    return h.hexdigest()
+    """Identity of a GGUF file for manifest keys: `narrative.files.head_tail_sha256` salted with
+    the file size (the size, then the first and last 16 MiB), as every manifest since format 1 has it."""
+    return head_tail_sha256(path, salt=str(Path(path).stat().st_size).encode())
 
 
 @dataclass

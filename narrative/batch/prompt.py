@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from lore.retrieve import key_match, render_entry
+from lore.render import render_entry
+from lore.retrieve import key_match
 from lore.schema import LoreEntry
 from narrative.batch.spec import STAGE_HELP, QuestSpec
 

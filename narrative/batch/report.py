@@ -9,16 +9,73 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from narrative.batch.manifest import Manifest, atomic_write
+from narrative.batch.generator import ItemResult
+from narrative.batch.manifest import Components, Manifest
+from narrative.batch.spec import SpecFile
+from narrative.files import atomic_write
 
-if TYPE_CHECKING:
-    from narrative.batch.runner import BatchSummary
+
+@dataclass
+class PlanItem:
+    spec_file: SpecFile
+    action: str  # generate | skip | adopt | error
+    reasons: list[str]
+    components: Components | None = None
+    error: str | None = None
 
 
-def summary_dict(summary: "BatchSummary") -> dict:
+@dataclass
+class BatchSummary:
+    """Counts and totals of one run. Token counts: prompt (all decoded) and sampled completion tokens."""
+
+    items: list[ItemResult]
+    plan: list[PlanItem]
+    wall_s: float
+    spec_problems: list[str]
+    orphans: list[str]
+
+    def count(self, *statuses: str) -> int:
+        return sum(1 for r in self.items if r.status in statuses)
+
+    @property
+    def generated(self) -> int:
+        return self.count("ok", "flagged")
+
+    @property
+    def failed(self) -> int:
+        return self.count("failed") + len(self.spec_problems)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(r.completion_tokens for r in self.items)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(r.prompt_tokens for r in self.items)
+
+    @property
+    def prefill_s(self) -> float:
+        return sum(r.prefill_ms for r in self.items) / 1000
+
+    @property
+    def decode_s(self) -> float:
+        return sum(r.decode_ms for r in self.items) / 1000
+
+    def line(self) -> str:
+        tps = self.completion_tokens / self.decode_s if self.decode_s else 0.0
+        gen_s = self.prefill_s + self.decode_s
+        return (
+            f"{self.generated} generated ({self.count('flagged')} with error findings), {self.count('skipped')} skipped, "
+            f"{self.count('adopted')} adopted, {self.failed} failed; {self.prompt_tokens} prompt + {self.completion_tokens} "
+            f"completion tokens, {tps:.1f} tok/s decode, prefill {100 * self.prefill_s / gen_s if gen_s else 0:.0f}% of model time; "
+            f"wall {self.wall_s:.1f} s"
+        )
+
+
+def summary_dict(summary: BatchSummary) -> dict:
     gen_s = summary.prefill_s + summary.decode_s
     return {
         "generated": summary.generated,
@@ -39,7 +96,7 @@ def summary_dict(summary: "BatchSummary") -> dict:
     }
 
 
-def write_batch_report(out: Path, summary: "BatchSummary", manifest: Manifest) -> None:
+def write_batch_report(out: Path, summary: BatchSummary, manifest: Manifest) -> None:
     """Write ``report.json`` and ``report.md`` into `out` (atomically)."""
     head = summary_dict(summary)
     items = []

@@ -10,7 +10,9 @@ import pytest
 
 from bridge.client import SidecarClient, SidecarError
 from narrative.batch.output import QuestText
-from narrative.batch.runner import BatchOptions, QuestService, read_lore_files
+from lore.loader import load_catalog
+from narrative.batch.generator import BatchOptions, QuestGenerator
+from narrative.service import NarrativeService
 from tests.conftest import ServerThread
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def served():
     from bridge.server import SidecarServer
-    from narrative.settings import ServerSettings, load_settings
+    from app.settings import load_settings
+    from bridge.settings import ServerSettings
     from tests.fixtures.make_qwen35 import build_fixtures, ensure_sdist
 
     try:
@@ -33,14 +36,14 @@ def served():
     s.batch_model.n_ctx = 8192
     if "n_seq_max" in type(s.batch_model).model_fields:
         s.batch_model.n_seq_max = 1
-    server = SidecarServer(None, ServerSettings(endpoint="tcp://127.0.0.1:*"), {})  # no dialogue engine: generate only
-    server.quests = QuestService(s, ROOT / "samples" / "quests", BatchOptions(max_chars=24, max_tokens=400, retries=0),
-                                 entries=read_lore_files(ROOT / "samples" / "lore"))
+    quests = QuestGenerator(s.batch_model, BatchOptions(max_chars=24, max_tokens=400, retries=0), load_catalog(ROOT / "samples" / "lore"))
+    service = NarrativeService(None, quests=quests, specs_dir=ROOT / "samples" / "quests")  # no dialogue engine: generate only
+    server = SidecarServer(service, ServerSettings(endpoint="tcp://127.0.0.1:*"))
     st = ServerThread(server)
     endpoint = st.start()
     yield endpoint
     st.stop()
-    server.quests.close()
+    quests.close()
     assert st.error is None, st.error
 
 

@@ -64,4 +64,6 @@ def world(tmp_path: Path, entries: dict[str, dict], **retriever) -> Retriever:
     report = index.sync(root)
     assert not report.problems, report.problems
     retriever.setdefault("vector_k", 0)
+    retriever.setdefault("token_budget", 600)  # the budgets these tests were written for (the Retriever's defaults then)
+    retriever.setdefault("prefix_budget", 1500)
     return Retriever(index, lambda t: len(t.split()), **retriever)

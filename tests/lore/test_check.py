@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from narrative.cli import main
+from app.cli import main
 from tests.conftest import SAMPLES, need_corpora
 from tests.lore.helpers import NPC, lore_file
 

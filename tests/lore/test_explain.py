@@ -51,7 +51,7 @@ def test_diagnose_of_an_entry_triggered_by_recursion_says_so(tmp_path):
 
 
 def test_lore_why_on_an_empty_index_says_how_to_fill_it(tmp_path, capsys):
-    from narrative.cli import main
+    from app.cli import main
 
     rc = main(["lore", "why", "--state-dir", str(tmp_path / "state"), "--words", "--npc", "odile-brask", "who runs the docks?"])
     err = capsys.readouterr().err
@@ -60,9 +60,9 @@ def test_lore_why_on_an_empty_index_says_how_to_fill_it(tmp_path, capsys):
 
 
 def test_lore_query_counts_the_dialogue_models_tokens(sample_state, capsys):
-    from narrative.cli import main
-    from narrative.models import LlamaModel
-    from narrative.settings import load_settings
+    from app.cli import main
+    from narrative.llm import LlamaModel
+    from app.settings import load_settings
 
     args = ["lore", "query", "--state-dir", str(sample_state), "--npc", "odile-brask", "Tell me about smokeglass."]
     assert main(args) == 0
@@ -72,7 +72,7 @@ def test_lore_query_counts_the_dialogue_models_tokens(sample_state, capsys):
     assert main(args + ["--words"]) == 0
     words = {line.split()[1]: line.split() for line in capsys.readouterr().out.splitlines()}
     assert words["odile-brask"][-1] == "words" and words["odile-brask"][-2] != card[-2]
-    from lore.retrieve import render_entry
+    from lore.render import render_entry
     from lore.index import LoreIndex
 
     entry = LoreIndex(sample_state, lambda texts: [[0.0]] * len(texts)).entries["odile-brask"]

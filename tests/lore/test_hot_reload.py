@@ -44,8 +44,9 @@ def live(tmp_path, embedder):
     from bridge.server import SidecarServer
     from lore.retrieve import Retriever
     from narrative.dialogue import DialogueEngine
-    from narrative.models import LlamaModel
-    from narrative.runtime import open_index
+    from narrative.llm import LlamaModel
+    from narrative.service import NarrativeService
+    from app.runtime import open_index
 
     root = tmp_path / "lore"
     for rel in SUBSET:
@@ -57,8 +58,8 @@ def live(tmp_path, embedder):
     assert not index.sync(root).problems
     model = LlamaModel(s.dialogue_model)
     lo = s.lore
-    retriever = Retriever.from_settings(index, model.count_tokens, lo)
-    server = SidecarServer(DialogueEngine(model, retriever, s.sampling), s.server, {})
+    retriever = Retriever(index, model.count_tokens, lo)
+    server = SidecarServer(NarrativeService(DialogueEngine(model, retriever, s.sampling)), s.server)
     server.watch_lore(root)
     st = ServerThread(server)
     client = SidecarClient(st.start(), timeout_s=300)
@@ -104,7 +105,7 @@ def test_edit_break_fix_delete_while_connected(live):
 
 def test_an_edit_of_prefix_lore_reaches_an_open_conversation(live):
     root, client, index, server = live
-    engine = server.engine
+    engine = server.service.engine
     turn_ok(client, "Hello there.")
     conv = next(c for (_, npc), c in engine.conversations.items() if npc == NPC)
     before = engine.model.detokenize(conv.prefix_tokens)

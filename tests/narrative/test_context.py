@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from narrative.context import ContextEngine, StateMismatch
-from narrative.models import LlamaModel, StateError
+from narrative.llm import LlamaModel, SamplingParams, StateError
 from narrative.settings import BUNDLED_MODEL, ContextSettings, ModelSettings
+
+GREEDY = SamplingParams(temperature=0.0, top_p=1.0, top_k=0, repeat_penalty=1.0, seed=0)
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("smollm2", "qwen35", "qwen35moe")
@@ -44,7 +46,7 @@ def fresh_engine(model: LlamaModel, **kw) -> ContextEngine:
 
 
 def greedy(engine: ContextEngine, key: str, prompt: list[int], boundaries=()):
-    return engine.generate(key, prompt, boundaries=boundaries, max_tokens=GEN, temperature=0.0)
+    return engine.generate(key, prompt, GREEDY, boundaries=boundaries, max_tokens=GEN)
 
 
 def parts(model: LlamaModel):

@@ -56,7 +56,7 @@ def test_chat_format_matches_the_qwen35_template_with_thinking_off(qwen35_path):
     (enable_thinking=false); earlier turns differ on purpose: see the last assert."""
     import jinja2.sandbox
 
-    from narrative.models import ChatFormat, read_model_metadata
+    from narrative.llm import ChatFormat, read_model_metadata
 
     meta = read_model_metadata(qwen35_path)
     template = meta["tokenizer.chat_template"]

@@ -1,4 +1,4 @@
-"""`narrative.models.generate_json`: llama-cpp-python's ``grammar=`` sampling on real models (the bundled
+"""`narrative.llm.generate_json`: llama-cpp-python's ``grammar=`` sampling on real models (the bundled
 SmolLM2 and the tiny random-weight qwen35moe, whose recurrent state must be cleared between calls)."""
 
 from __future__ import annotations
@@ -7,8 +7,13 @@ import json
 
 import pytest
 
-from narrative.models import ContextOverflow, LlamaModel, generate_json, json_schema_grammar
+from narrative.llm import ContextOverflow, LlamaModel, SamplingParams, generate_json, json_schema_grammar
 from narrative.settings import BUNDLED_MODEL, ModelSettings
+
+
+def sampling(temperature: float, seed: int) -> SamplingParams:
+    """The batch's default sampling (BatchOptions: top_p 0.95, top_k 40, repeat penalty 1.1 over 64 tokens)."""
+    return SamplingParams(temperature=temperature, top_p=0.95, top_k=40, repeat_penalty=1.1, seed=seed)
 
 
 def string(lo: int, hi: int) -> dict:
@@ -45,10 +50,9 @@ def test_grammar_keeps_schema_order_and_excludes_raw_control_characters():
 
 def test_output_parses_in_schema_order_and_same_seed_same_text(model):
     p = prompt(model)
-    kw = dict(max_tokens=120, temperature=0.7)
-    a = generate_json(model, p, SCHEMA, seed=1, **kw)
-    other = generate_json(model, p, SCHEMA, seed=2, **kw)  # runs in between: nothing may leak into the next call
-    b = generate_json(model, p, SCHEMA, seed=1, **kw)
+    a = generate_json(model, p, SCHEMA, sampling(0.7, 1), max_tokens=120)
+    other = generate_json(model, p, SCHEMA, sampling(0.7, 2), max_tokens=120)  # runs in between: nothing may leak into the next call
+    b = generate_json(model, p, SCHEMA, sampling(0.7, 1), max_tokens=120)
     assert a.finish_reason == "stop", a
     data = json.loads(a.text)
     assert list(data) == ["title", "dialogue", "summary"] and list(data["dialogue"]) == ["offer", "accept"]
@@ -60,8 +64,8 @@ def test_output_parses_in_schema_order_and_same_seed_same_text(model):
 
 def test_cut_at_max_tokens_is_a_prefix_with_finish_length(model):
     p = prompt(model)
-    full = generate_json(model, p, SCHEMA, max_tokens=120, temperature=0.7, seed=3)
-    cut = generate_json(model, p, SCHEMA, max_tokens=5, temperature=0.7, seed=3)
+    full = generate_json(model, p, SCHEMA, sampling(0.7, 3), max_tokens=120)
+    cut = generate_json(model, p, SCHEMA, sampling(0.7, 3), max_tokens=5)
     assert cut.finish_reason == "length" and cut.completion_tokens == 5
     assert full.text.startswith(cut.text)
     with pytest.raises(json.JSONDecodeError):
@@ -71,7 +75,7 @@ def test_cut_at_max_tokens_is_a_prefix_with_finish_length(model):
 def test_prompt_plus_max_tokens_over_n_ctx_raises(model):
     p = prompt(model)
     with pytest.raises(ContextOverflow):
-        generate_json(model, p, SCHEMA, max_tokens=model.n_ctx - len(p) + 1, temperature=0.7, seed=1)
+        generate_json(model, p, SCHEMA, sampling(0.7, 1), max_tokens=model.n_ctx - len(p) + 1)
 
 
 QUOTED = 'Lock ordinance "eleven", friend. A \\ B\nnext line.'  # a hand-written line (keep_lines) with quotes, a backslash, a newline
@@ -91,6 +95,6 @@ def test_a_const_with_quotes_and_backslashes_is_escaped_in_the_grammar():
 
 
 def test_a_const_with_quotes_and_backslashes_comes_out_verbatim(model):
-    g = generate_json(model, prompt(model), quoted_schema(), max_tokens=120, temperature=0.7, seed=1)
+    g = generate_json(model, prompt(model), quoted_schema(), sampling(0.7, 1), max_tokens=120)
     assert g.finish_reason == "stop", g
     assert json.loads(g.text)["offer"] == QUOTED

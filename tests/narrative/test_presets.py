@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 LOADER = """
 import sys
-from narrative.models import _load_llama, _llama_kwargs, resolve_model_path
+from narrative.llm.model import _load_llama, _llama_kwargs, resolve_model_path
 from narrative.settings import ModelSettings
 s = ModelSettings(path=sys.argv[1], n_ctx=int(sys.argv[2]), n_seq_max=int(sys.argv[3]), type_k=sys.argv[4],
                   type_v=sys.argv[4], flash_attn=sys.argv[4] != "f16", n_threads=2)
@@ -47,7 +47,7 @@ def llama_buffers(path: str, n_ctx: int, n_seq: int, kv_type: str) -> dict[str, 
     [("qwen35", 8192, 4, "q8_0"), ("qwen35moe", 6144, 3, "q4_0"), ("smollm2", 4096, 2, "f16")],
 )
 def test_plan_matches_llama_cpp_buffers_within_5_percent(fixture_paths, name, n_ctx, n_seq, kv_type):
-    from narrative.models import resolve_model_path
+    from narrative.llm import resolve_model_path
 
     path = "bundled:smollm2" if name == "smollm2" else str(fixture_paths[name])
     meta, tensor_bytes = read_gguf_metadata(resolve_model_path(path))
@@ -95,8 +95,9 @@ def test_presets_settings_and_refusal():
 
 def test_sidecar_refuses_a_configuration_that_does_not_fit(tmp_path):
     from narrative.presets import ensure_fits
-    from narrative.runtime import build_runtime
-    from narrative.settings import ModelSettings, load_settings
+    from app.runtime import build_runtime
+    from app.settings import load_settings
+    from narrative.settings import ModelSettings
 
     p = ensure_fits(ModelSettings(n_ctx=4096), budget_gib=4.0)  # SmolLM2: ~92 MiB weights + 90 MiB KV + compute
     assert 0.1 * (1 << 30) < p.total < 0.5 * (1 << 30)

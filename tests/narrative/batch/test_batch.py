@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 
 from narrative.batch.output import QuestText
-from narrative.batch.runner import BatchOptions, QuestGenerator, read_lore_files, run_batch
+from lore.loader import load_catalog as read_lore_files
+from narrative.batch.generator import BatchOptions, QuestGenerator
+from narrative.batch.runner import run_batch
 from narrative.batch.spec import load_specs
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -35,7 +37,7 @@ def moe_path(fixture_paths) -> Path:
 
 
 def settings_for(model: Path, lore: Path):
-    from narrative.settings import load_settings
+    from app.settings import load_settings
 
     s = load_settings()
     s.batch_model.path = str(model)
@@ -77,14 +79,14 @@ def test_all_samples_then_skip_then_lore_change_regenerates_exactly_the_referenc
     out = tmp_path / "out"
     n_specs = len(load_specs(QUESTS)[0])
 
-    first = run_batch(QUESTS, out, s, opts, progress=False, entries=read_lore_files(lore))
+    first = run_batch(QUESTS, out, s.batch_model, opts, read_lore_files(lore), progress=False)
     assert first.failed == 0, [(r.quest_id, r.error) for r in first.items if r.error]
     assert first.generated == n_specs
     assert_consistent(out, QUESTS)
     before = read_quests(out)
     assert len(before) == n_specs
 
-    second = run_batch(QUESTS, out, s, opts, progress=False, entries=read_lore_files(lore))
+    second = run_batch(QUESTS, out, s.batch_model, opts, read_lore_files(lore), progress=False)
     assert second.generated == 0 and second.count("skipped") == n_specs
     assert read_quests(out) == before
 
@@ -93,13 +95,13 @@ def test_all_samples_then_skip_then_lore_change_regenerates_exactly_the_referenc
     path = lore / "places" / f"{changed}.md"
     path.write_text(path.read_text() + "\nA new bakery opened at the street's foot.\n")
     entries = read_lore_files(lore)
-    gen = QuestGenerator(s, opts, entries)
+    gen = QuestGenerator(s.batch_model, opts, entries)
     expected = {sf.spec.id for sf in load_specs(QUESTS)[0] if changed in gen.prompt(sf.spec).lore_ids}
     assert 0 < len(expected) < n_specs
-    dry = run_batch(QUESTS, out, s, opts, progress=False, entries=entries, dry_run=True)
+    dry = run_batch(QUESTS, out, s.batch_model, opts, entries, progress=False, dry_run=True)
     assert {it.spec_file.spec.id for it in dry.plan if it.action == "generate"} == expected
     assert all(it.reasons == [f"lore changed: {changed}"] for it in dry.plan if it.action == "generate")
-    third = run_batch(QUESTS, out, s, opts, progress=False, entries=entries)
+    third = run_batch(QUESTS, out, s.batch_model, opts, entries, progress=False)
     assert {r.quest_id for r in third.items if r.status in ("ok", "flagged")} == expected
     after = read_quests(out)
     assert {q for q in after if after[q] != before[q]} <= expected  # the others are untouched, byte for byte
@@ -111,14 +113,14 @@ def test_same_seed_same_bytes_and_force(tmp_path, moe_path):
     entries = read_lore_files(LORE)
     opts = BatchOptions(**OPTIONS)
     only = ["harrows-lamp", "the-quiet-audit"]
-    a = run_batch(QUESTS, tmp_path / "a", s, opts, progress=False, entries=entries, only=only)
-    b = run_batch(QUESTS, tmp_path / "b", s, opts, progress=False, entries=entries, only=only)
+    a = run_batch(QUESTS, tmp_path / "a", s.batch_model, opts, entries, progress=False, only=only)
+    b = run_batch(QUESTS, tmp_path / "b", s.batch_model, opts, entries, progress=False, only=only)
     assert a.generated == b.generated == 2
     assert read_quests(tmp_path / "a") == read_quests(tmp_path / "b")
-    forced = run_batch(QUESTS, tmp_path / "a", s, opts, progress=False, entries=entries, only=only, force=True)
+    forced = run_batch(QUESTS, tmp_path / "a", s.batch_model, opts, entries, progress=False, only=only, force=True)
     assert all(r.reasons == ["forced"] for r in forced.items)
     assert read_quests(tmp_path / "a") == read_quests(tmp_path / "b")
-    other = run_batch(QUESTS, tmp_path / "c", s, opts.model_copy(update={"seed": 99}), progress=False, entries=entries, only=only)
+    other = run_batch(QUESTS, tmp_path / "c", s.batch_model, opts.model_copy(update={"seed": 99}), entries, progress=False, only=only)
     assert other.generated == 2
     assert read_quests(tmp_path / "c") != read_quests(tmp_path / "a")
 
@@ -130,7 +132,7 @@ def test_kill_9_mid_run_then_rerun_redoes_nothing_finished(tmp_path, moe_path):
         shutil.copy(sf.path, specs / sf.path.name)
     out = tmp_path / "out"
     env = dict(os.environ, NARRATIVE_BATCH_MODEL__PATH=str(moe_path), NARRATIVE_BATCH_MODEL__N_THREADS="1", NARRATIVE_BATCH_MODEL__N_CTX="8192")
-    cmd = [sys.executable, "-m", "narrative.cli", "batch", str(specs), "--out", str(out), "--lore", str(LORE), "--lore-files",
+    cmd = [sys.executable, "-m", "app", "batch", str(specs), "--out", str(out), "--lore", str(LORE), "--lore-files",
            "--max-chars", "24", "--max-tokens", "400", "--retries", "1", "--no-retry-on-findings", "--lore-budget", "300", "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     manifest = out / "manifest.json"
@@ -151,7 +153,7 @@ def test_kill_9_mid_run_then_rerun_redoes_nothing_finished(tmp_path, moe_path):
 
     s = settings_for(moe_path, LORE)
     s.batch_model.n_threads = 1  # 1 thread: on a busy 2-core machine, 2 threads spin-wait (3-4x slower, measured)
-    rerun = run_batch(specs, out, s, BatchOptions(**OPTIONS), progress=False, entries=read_lore_files(LORE))
+    rerun = run_batch(specs, out, s.batch_model, BatchOptions(**OPTIONS), read_lore_files(LORE), progress=False)
     status = {r.quest_id: r.status for r in rerun.items}
     for qid in done_before:
         assert status[qid] == "skipped", (qid, status[qid])

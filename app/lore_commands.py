@@ -1,7 +1,7 @@
-"""The designers' ``narrative lore`` subcommands: ``why``, ``check``, ``import``, ``export``.
+"""The designers' ``narrative lore`` subcommands; `register` adds them to `app.cli`'s parser.
 
-`add_commands` registers them on the ``lore`` sub-parser of `narrative.cli`.
-
+    narrative lore index DIR [--strict]
+    narrative lore query "TEXT" [--npc ID] [--words]
     narrative lore why --npc ID "player line" [--history LINE ...] [--entry ID] [--json]
     narrative lore check DIR [--json]
     narrative lore import FILE... --into DIR
@@ -21,25 +21,62 @@ def token_counter(settings, words: bool):
     really spends; loads the model), or whitespace words when `words` (fast, approximate)."""
     if words:
         return (lambda t: len(t.split())), "words"
-    from narrative.models import LlamaModel
+    from narrative.llm import LlamaModel
 
     return LlamaModel(settings.dialogue_model).count_tokens, "tokens"
 
 
+def cmd_lore_index(args: argparse.Namespace) -> int:
+    from app.settings import settings_from_args
+    from app.runtime import open_index
+
+    s = settings_from_args(args)
+    index, _ = open_index(s)
+    report = index.sync(args.dir, progress=True)
+    for problem in report.problems:
+        print(problem, file=sys.stderr)
+    print(report.summary())
+    return 1 if report.problems and args.strict else 0
+
+
+def cmd_lore_query(args: argparse.Namespace) -> int:
+    from lore.retrieve import Retriever, UnknownNpc
+    from app.settings import settings_from_args
+    from app.runtime import open_index
+
+    s = settings_from_args(args)
+    index, _ = open_index(s)
+    if args.npc is None:
+        for eid, sim in index.nearest(args.text, s.lore.vector_k):
+            print(f"{sim:6.3f}  {eid}")
+        return 0
+    count, unit = token_counter(s, args.words)
+    r = Retriever(index, count, s.lore)
+    try:
+        sel = r.select(args.npc, args.text)
+    except UnknownNpc as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    for label, picks in (("prefix", sel.prefix), ("turn", sel.turn), ("dropped", sel.dropped)):
+        for x in picks:
+            print(f"{label:8} {x.entry.id:32} {x.why:24} {x.tokens} {unit}")
+    return 0
+
+
 def cmd_why(args: argparse.Namespace) -> int:
+    from app.settings import settings_from_args
+    from app.runtime import open_index
     from lore.explain import diagnose, explain, format_explanation
     from lore.retrieve import Retriever, UnknownNpc
-    from narrative.cli import _settings
-    from narrative.runtime import open_index
 
-    s = _settings(args)
+    s = settings_from_args(args)
     index, _ = open_index(s)
     if args.lore:
         report = index.sync(args.lore, progress=True)
         for problem in report.problems:
             print(problem, file=sys.stderr)
     count, _ = token_counter(s, args.words)
-    r = Retriever.from_settings(index, count, s.lore)
+    r = Retriever(index, count, s.lore)
     try:
         if args.entry:
             for reason in diagnose(r, args.npc, args.text, args.entry, args.history or ()):
@@ -104,8 +141,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def add_commands(lore: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Register ``why``, ``check``, ``import`` and ``export`` on the ``lore`` sub-parser."""
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Register ``narrative lore`` and its subcommands on the CLI's subparsers."""
+    lore = sub.add_parser("lore", help="lore folder tools").add_subparsers(dest="lore_cmd", required=True, metavar="LORE_COMMAND")
+    p = lore.add_parser("index", parents=[common], help="index a lore folder (only changed files are re-embedded)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--strict", action="store_true", help="exit 1 if any file has a problem")
+    p.set_defaults(func=cmd_lore_index)
+    p = lore.add_parser("query", parents=[common], help="show which entries a player line retrieves")
+    p.add_argument("text")
+    p.add_argument("--npc", help="NPC id (applies scope, prefix and budget); without it, raw vector neighbours")
+    p.add_argument("--words", action="store_true", help="count words instead of loading the dialogue model's tokenizer (faster, approximate budget)")
+    p.set_defaults(func=cmd_lore_query)
+
     p = lore.add_parser("why", parents=[common], help="explain one turn's lore: included (why), dropped (budget/scope/probability/...), tokens")
     p.add_argument("text", help="the player's line")
     p.add_argument("--npc", required=True, help="NPC id")

@@ -1,4 +1,4 @@
-"""Command-line entry points of the batch job, registered into ``narrative`` by `register`.
+"""``narrative batch`` and its siblings (`narrative.batch`), registered into the CLI by `register`.
 
     narrative batch SPECS --out DIR            generate what changed (progress bar, summary, report.md)
     narrative batch SPECS --out DIR --dry-run  list what would be generated and why
@@ -16,7 +16,10 @@ from pathlib import Path
 
 
 def cmd_batch(args: argparse.Namespace, settings) -> int:
-    from narrative.batch.runner import BatchOptions, OutputLocked, UnknownQuest, run_batch
+    from app.runtime import sync_lore
+    from lore.loader import load_catalog
+    from narrative.batch.generator import BatchOptions
+    from narrative.batch.runner import OutputLocked, UnknownQuest, run_batch
 
     if args.model:
         settings.batch_model.path = args.model
@@ -25,14 +28,10 @@ def cmd_batch(args: argparse.Namespace, settings) -> int:
     changes = {k: getattr(args, k) for k in ("seed", "max_tokens", "retries", "max_chars", "lore_budget") if getattr(args, k) is not None}
     options = BatchOptions(strict=args.strict, retry_on_findings=not args.no_retry_on_findings, **changes)
     try:
-        entries = None
-        if args.lore_files:
-            from narrative.batch.runner import read_lore_files
-
-            entries = read_lore_files(settings.lore.dir)
+        entries = load_catalog(settings.lore.dir) if args.lore_files else sync_lore(settings)
         summary = run_batch(
-            args.specs, args.out, settings, options, force=args.force, dry_run=args.dry_run, only=args.only,
-            progress=not args.no_progress, entries=entries,
+            args.specs, args.out, settings.batch_model, options, entries, force=args.force, dry_run=args.dry_run, only=args.only,
+            progress=not args.no_progress,
         )
     except (OutputLocked, UnknownQuest) as exc:
         print(f"error: {exc}", file=sys.stderr)

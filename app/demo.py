@@ -49,10 +49,9 @@ def _wait_ready(client, proc: subprocess.Popen, timeout_s: float):
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from bridge.client import SidecarClient
-    from narrative.cli import _figures
-    from narrative.runtime import open_index
-    from narrative.settings import load_settings
+    from app.runtime import open_index
+    from app.settings import load_settings
+    from bridge.client import SidecarClient, summarize_done
 
     settings = load_settings(getattr(args, "config", None))
     state_dir = args.state_dir or settings.state_dir
@@ -67,7 +66,7 @@ def run_demo(args: argparse.Namespace) -> int:
     del index, embedder
 
     print(f"== 2. starting the sidecar on {args.endpoint}", flush=True)
-    cmd = [sys.executable, "-m", "narrative.cli", "serve", "--endpoint", args.endpoint, "--lore", str(args.lore), "--state-dir", str(state_dir)]
+    cmd = [sys.executable, "-m", "app", "serve", "--endpoint", args.endpoint, "--lore", str(args.lore), "--state-dir", str(state_dir)]
     if getattr(args, "config", None):
         cmd += ["--config", str(args.config)]
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -88,7 +87,7 @@ def run_demo(args: argparse.Namespace) -> int:
                         if msg.type == "chunk":
                             print(msg.text, end="", flush=True)
                         else:
-                            print(f"\n   [{_figures(msg)}]")
+                            print(f"\n   [{summarize_done(msg)}]")
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -98,7 +97,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if not getattr(args, "no_batch", False):
         out = Path("build/narrative")
         print(f"\n== 4. build-time batch: samples/quests -> {out}", flush=True)
-        cmd = [sys.executable, "-m", "narrative.cli", "batch", "samples/quests", "--out", str(out), "--lore", str(args.lore), "--state-dir", str(state_dir)]
+        cmd = [sys.executable, "-m", "app", "batch", "samples/quests", "--out", str(out), "--lore", str(args.lore), "--state-dir", str(state_dir)]
         specs = sorted(p.stem for p in Path("samples/quests").glob("*.yaml"))
         if args.batch_quests and args.batch_quests < len(specs):
             # grammar-constrained JSON on 2 CPU cores takes ~13 s per quest (benchmarks/batch.py, quiet machine): the demo does a few;

@@ -1,0 +1,230 @@
+"""One quest from its spec: the prompt, bounded attempts of grammar-constrained JSON, validation and post-checks.
+
+`QuestGenerator.generate` is what both the folder run (`narrative.batch.runner`)
+and the bridge's ``generate`` request (`narrative.service`) call for one item.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, Field
+
+from lore.schema import LoreEntry
+from narrative.batch.checks import Finding, check_quest, errors, lore_vocabulary
+from narrative.batch.manifest import Components, canonical_digest, model_fingerprint
+from narrative.batch.output import OutputInvalid, QuestMeta, QuestText, generation_schema, validate_generation
+from narrative.batch.prompt import PROMPT_VERSION, QuestPrompt, build_prompt
+from narrative.batch.spec import QuestSpec
+from narrative.llm import JSON_GENERATOR, SamplingParams
+from narrative.settings import ModelSettings
+
+log = logging.getLogger(__name__)
+
+
+class BatchOptions(BaseModel):
+    """Generation options of a batch; all of them are part of every item's key.
+
+    Defaults suit SmolLM2-135M: a moderate temperature (greedy decoding loops on
+    small models), a mild repeat penalty, and a token bound above the sum of the
+    default character limits (~2,000 chars / ~3.5 chars per token).
+    """
+
+    seed: int | None = Field(None, description="Sampling seed; None uses batch_model.seed. Attempt n uses seed + n - 1.")
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(40, ge=0)
+    repeat_penalty: float = Field(1.1, ge=1.0, le=2.0)
+    max_tokens: int = Field(700, ge=16, le=8192, description="Sampled tokens per attempt; a text cut here fails validation.")
+    retries: int = Field(2, ge=0, le=10, description="Extra attempts after an invalid output (or error findings, see retry_on_findings).")
+    retry_on_findings: bool = Field(True, description="Also retry when post-checks find errors (must_mention, placeholder...); the attempt with the fewest errors is kept.")
+    max_chars: int | None = Field(None, ge=8, description="Caps every field's character limit (tests use a small cap for short generations).")
+    lore_budget: int = Field(1200, ge=0, description="Approximate tokens of lore in a prompt (named entries always go in).")
+    strict: bool = Field(False, description="Treat an item with error findings left as failed (not written).")
+
+    def params(self, seed: int) -> SamplingParams:
+        """The sampling of one attempt, drawn with `seed`."""
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, repeat_penalty=self.repeat_penalty, seed=seed)
+
+    def shaping(self) -> dict:
+        """The options that shape the text (all but `strict`, which only decides what is written)."""
+        return self.model_dump(exclude={"strict", "seed"})
+
+
+@dataclass
+class Attempt:
+    n: int
+    seed: int
+    quest: QuestText | None
+    findings: list[Finding]
+    error: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    prefill_ms: float
+    decode_ms: float
+
+
+@dataclass
+class ItemResult:
+    """The outcome of one item. ``status``: ok | flagged (written, error findings left) | failed | skipped | adopted."""
+
+    quest_id: str
+    status: str
+    reasons: list[str] = field(default_factory=list)
+    quest: QuestText | None = None
+    findings: list[Finding] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(a.prompt_tokens for a in self.attempts)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(a.completion_tokens for a in self.attempts)
+
+    @property
+    def prefill_ms(self) -> float:
+        return sum(a.prefill_ms for a in self.attempts)
+
+    @property
+    def decode_ms(self) -> float:
+        return sum(a.decode_ms for a in self.attempts)
+
+
+class QuestGenerator:
+    """Lore catalog + the batch model (loaded on first use) -> validated quests.
+
+    Args:
+        model_settings: the batch model (the sidecar's ``batch_model`` settings).
+        options: generation options.
+        entries: the lore catalog (entry id -> entry), e.g. ``LoreIndex.entries`` after a sync.
+    """
+
+    def __init__(self, model_settings: ModelSettings, options: BatchOptions, entries: Mapping[str, LoreEntry]) -> None:
+        from narrative.llm import resolve_model_path
+
+        self.options = options
+        self.entries = entries
+        self.model_settings = model_settings
+        self.model_path = resolve_model_path(self.model_settings.path)
+        self._fingerprint: str | None = None
+        self._model = None
+        self._vocab: set[str] | None = None
+
+    def seed_of(self, opts: BatchOptions | None = None) -> int:
+        opts = opts or self.options
+        return opts.seed if opts.seed is not None else self.model_settings.seed
+
+    @property
+    def model(self):
+        """The batch `LlamaModel`, loaded on first use (its own llama.cpp instance; the dialogue model stays free)."""
+        if self._model is None:
+            from narrative.llm import LlamaModel
+
+            t = time.perf_counter()
+            self._model = LlamaModel(self.model_settings)
+            log.info("batch model %s loaded in %.2f s", self._model.name, time.perf_counter() - t)
+        return self._model
+
+    def close(self) -> None:
+        if self._model is not None and hasattr(self._model, "close"):
+            self._model.close()
+        self._model = None
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.model_path)
+        return self._fingerprint
+
+    def settings_digest(self, opts: BatchOptions | None = None) -> str:
+        """Digest of what shapes the text besides spec, lore, model file and seed.
+
+        Model settings that change logits (batch split, KV types, flash attention,
+        context size); not ``n_threads`` (ggml's CPU matmuls split rows per thread,
+        so the thread count does not change results), ``n_seq_max`` (each sequence
+        has its own KV cells; generation resets the context) nor the path (the
+        file's fingerprint stands for it).
+        """
+        ms = self.model_settings.model_dump(exclude={"path", "n_threads", "seed", "n_gpu_layers", "n_seq_max"})
+        return canonical_digest({"model": ms, "options": (opts or self.options).shaping()})
+
+    def vocabulary(self) -> set[str]:
+        if self._vocab is None:
+            self._vocab = lore_vocabulary(self.entries.values())
+        return self._vocab
+
+    def prompt(self, spec: QuestSpec, opts: BatchOptions | None = None) -> QuestPrompt:
+        return build_prompt(spec, self.entries, (opts or self.options).lore_budget)
+
+    def components(self, spec: QuestSpec, prompt: QuestPrompt | None = None, opts: BatchOptions | None = None) -> Components:
+        """The manifest components of `spec`. Raises `UnknownEntry`."""
+        prompt = prompt or self.prompt(spec, opts)
+        lore = {eid: canonical_digest(self.entries[eid].model_dump(mode="json")) for eid in prompt.lore_ids}
+        return Components(
+            spec=spec.digest(),
+            lore=lore,
+            model=self.fingerprint(),
+            settings=self.settings_digest(opts),
+            prompt_version=PROMPT_VERSION,
+            generator=JSON_GENERATOR,
+            seed=self.seed_of(opts),
+        )
+
+    def generate(self, spec: QuestSpec, opts: BatchOptions | None = None) -> ItemResult:
+        """Generate one quest: bounded attempts until the output validates (and, with
+        ``retry_on_findings``, has no error findings). Never raises for a bad output:
+        the result's status is ``failed`` with the reasons.
+
+        Raises:
+            UnknownEntry: the spec names an entry the lore does not have.
+            narrative.llm.ModelError: the model cannot be loaded.
+        """
+        from narrative.llm import generate_json
+
+        opts = opts or self.options
+        prompt = self.prompt(spec, opts)
+        comps = self.components(spec, prompt, opts)
+        key = comps.key
+        model = self.model
+        tokens = model.tokenize(model.format.system(prompt.system) + model.format.user(prompt.user) + model.format.assistant_open)
+        tokens = model.bos() + tokens
+        schema = generation_schema(spec, opts.max_chars)
+        budget = min(opts.max_tokens, model.n_ctx - len(tokens) - 64)
+        result = ItemResult(spec.id, "failed")
+        if budget < 16:
+            result.error = f"prompt of {len(tokens)} tokens leaves no room in n_ctx {model.n_ctx}"
+            return result
+        vocab = self.vocabulary() | lore_vocabulary([], spec)
+        best: Attempt | None = None
+        for n in range(1, opts.retries + 2):
+            seed = self.seed_of(opts) + n - 1
+            g = generate_json(model, tokens, schema, opts.params(seed), max_tokens=budget)
+            meta = QuestMeta(key=key, model=model.name, seed=seed, prompt_version=PROMPT_VERSION, attempt=n)
+            try:
+                if g.finish_reason != "stop":
+                    raise OutputInvalid(f"cut at max_tokens={budget} after {g.completion_tokens} tokens")
+                quest = validate_generation(g.text, spec, meta, opts.max_chars)
+                findings = check_quest(quest, spec, vocab, opts.max_chars)
+                err = None
+            except OutputInvalid as exc:
+                quest, findings, err = None, [], exc.reason
+                log.info("%s attempt %d invalid: %s", spec.id, n, err)
+            att = Attempt(n, seed, quest, findings, err, g.prompt_tokens, g.completion_tokens, g.prefill_ms, g.decode_ms)
+            result.attempts.append(att)
+            if quest is not None and (best is None or errors(findings) < errors(best.findings)):
+                best = att
+            if quest is not None and (errors(findings) == 0 or not opts.retry_on_findings):
+                break
+        if best is None:
+            result.error = "; ".join(f"attempt {a.n}: {a.error}" for a in result.attempts)
+            return result
+        result.quest, result.findings = best.quest, best.findings
+        result.status = "flagged" if errors(best.findings) else "ok"
+        if result.status == "flagged" and opts.strict:
+            result.status, result.error = "failed", f"{errors(best.findings)} error findings left (strict)"
+        return result

@@ -1,0 +1,44 @@
+"""Model hosting on llama.cpp: the only package that imports ``llama_cpp``.
+
+==================  =====================================================
+module              what lives there
+==================  =====================================================
+``model``           `LlamaModel` (load from settings, tokenize, decode into
+                    sequences, sequence states, sampler), `resolve_model_path`
+``chat_format``     `ChatFormat`: a chat template's turn markers
+``sampling``        `SamplingParams`: one decode's sampling, frozen
+``embedder``        `LlamaEmbedder`: lore text -> unit vectors
+``json_gen``        `generate_json`: grammar-constrained JSON (batch content)
+``errors``          `ModelError` and its kinds
+==================  =====================================================
+
+``llama_cpp`` is imported inside functions, never at module level, so importing
+this package stays cheap; the CLI imports ``llama_cpp`` first when it will load
+a model (see `app.cli`).
+"""
+
+from narrative.llm.chat_format import ChatFormat
+from narrative.llm.embedder import LlamaEmbedder
+from narrative.llm.errors import ContextOverflow, KvCacheFull, ModelError, StateError
+from narrative.llm.json_gen import JSON_GENERATOR, JsonGeneration, generate_json, json_schema_grammar
+from narrative.llm.model import Generation, LlamaModel, Sampler, read_model_metadata, resolve_model_path
+from narrative.llm.sampling import SamplingParams
+
+__all__ = [
+    "ChatFormat",
+    "ContextOverflow",
+    "Generation",
+    "JSON_GENERATOR",
+    "JsonGeneration",
+    "KvCacheFull",
+    "LlamaEmbedder",
+    "LlamaModel",
+    "ModelError",
+    "Sampler",
+    "SamplingParams",
+    "StateError",
+    "generate_json",
+    "json_schema_grammar",
+    "read_model_metadata",
+    "resolve_model_path",
+]

@@ -1,0 +1,66 @@
+"""Chat template turn markers as text, for token-level prompt assembly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from narrative.llm.errors import ModelError
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """Turn markers of a chat template, as text, for token-level prompt assembly.
+
+    Derived from the GGUF's ``tokenizer.chat_template``: ChatML (SmolLM2, Qwen),
+    with Qwen3.5's empty ``<think>\\n\\n</think>\\n\\n`` block after the assistant
+    header when thinking is off; Gemma's ``<start_of_turn>`` format (no system role:
+    the system text opens the first user turn).
+    """
+
+    name: str
+    system_open: str
+    system_close: str
+    user_open: str
+    user_close: str
+    assistant_open: str
+    assistant_close: str
+    stop_strings: tuple[str, ...]
+
+    def system(self, text: str) -> str:
+        return f"{self.system_open}{text}{self.system_close}"
+
+    def user(self, text: str) -> str:
+        return f"{self.user_open}{text}{self.user_close}"
+
+    @staticmethod
+    def from_template(template: str | None) -> "ChatFormat":
+        """Pick the format for a Jinja chat template.
+
+        Raises:
+            ModelError: the template is neither ChatML nor Gemma.
+        """
+        t = template or ""
+        if "<|im_start|>" in t:
+            think = "<think>\n\n</think>\n\n" if "<think>" in t else ""
+            return ChatFormat(
+                name="chatml-think-off" if think else "chatml",
+                system_open="<|im_start|>system\n",
+                system_close="<|im_end|>\n",
+                user_open="<|im_start|>user\n",
+                user_close="<|im_end|>\n",
+                assistant_open=f"<|im_start|>assistant\n{think}",
+                assistant_close="<|im_end|>\n",
+                stop_strings=("<|im_start|>", "<|im_end|>"),
+            )
+        if "<start_of_turn>" in t:
+            return ChatFormat(
+                name="gemma",
+                system_open="<start_of_turn>user\n",
+                system_close="\n\n",
+                user_open="",
+                user_close="<end_of_turn>\n",
+                assistant_open="<start_of_turn>model\n",
+                assistant_close="<end_of_turn>\n",
+                stop_strings=("<start_of_turn>", "<end_of_turn>"),
+            )
+        raise ModelError("unsupported chat template: expected ChatML (<|im_start|>) or Gemma (<start_of_turn>)")
