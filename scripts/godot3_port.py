@@ -82,7 +82,6 @@ REFUSED: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\.emit\("), "signal.emit() (use emit_signal)"),
     (re.compile(r"\.slice\("), ".slice() without a '# godot3:' pragma (end is exclusive in 4, inclusive in 3)"),
     (re.compile(r"\b(FileAccess|DirAccess|JSON|DisplayServer)\b"), "an API that differs between 3 and 4"),
-    (re.compile(r"[&^]\""), "a StringName/NodePath literal"),
     (re.compile(r"@(export_\w+|rpc)\b"), "an annotation with no Godot 3 twin"),
     (re.compile(r"\bstatic\s+var\b"), "static var"),
     (re.compile(r"\bTYPE_STRING_NAME\b"), "TYPE_STRING_NAME without a '# godot3:' pragma"),
@@ -159,6 +158,8 @@ def port_line(line: str, n: int, problems: list[tuple[int, str]]) -> str | None:
     for pattern, what in REFUSED:
         if pattern.search(code_only):
             problems.append((n, what))
+    if re.search(r"[&^]\"", line[: len(line) - len(comment)]):
+        problems.append((n, "a StringName/NodePath literal"))
     m = ANNOTATION.match(line)
     if m:
         line = f"{m.group(1)}{m.group(2)}{'' if m.group(2) == 'tool' else ' '}{line[m.end():]}"

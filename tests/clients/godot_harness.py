@@ -6,10 +6,11 @@ project, with the shared wire vectors (``bridge/clients/protocol-vectors.json``)
 ``vectors.gd``. `run_godot` starts ``godot3-server --path <project>`` and streams the driver's
 ``@@ <json>`` event lines back.
 
-As a script it runs the scripted session against a running sidecar and writes a Markdown
+As a script it starts the real ``narrative serve`` on loopback, runs the scripted session against it
+(cutting the connection and restarting the sidecar on the driver's cues) and writes a Markdown
 transcript (this is how ``bridge/clients/godot/TRANSCRIPT.md`` is made):
 
-    python -m tests.clients.godot_harness --endpoint tcp://127.0.0.1:5599 --out bridge/clients/godot/TRANSCRIPT.md
+    python -m tests.clients.godot_harness --out bridge/clients/godot/TRANSCRIPT.md
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -198,6 +200,85 @@ def run_vectors(workdir: Path, timeout_s: float = 120) -> tuple[int, list[dict],
     return rc, run.events, run.log()
 
 
+class CuttableProxy:
+    """A TCP forwarder between the engine and the sidecar whose connections the test can reset at
+    once (SO_LINGER 0: RST), as a crash or a pulled cable would; new connections are forwarded again."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                down, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                up = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                down.close()
+                continue
+            with self.lock:
+                self.pairs.append((down, up))
+            for a, b in ((down, up), (up, down)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        with self.lock:
+            pairs, self.pairs = self.pairs, []
+        for down, up in pairs:
+            for s in (down, up):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+def run_session(project: Path, sidecar_port: int, npc: str, idle_s: float, restart: Callable[[], None],
+                timeout_s: float = 400) -> tuple[int, GodotRun]:
+    """Run the driver's scripted session through a `CuttableProxy` to the sidecar on loopback
+    `sidecar_port`: cuts the connection when the driver says ``cut_me`` and calls `restart` (stop the
+    sidecar, start it again on the same port) when it says ``restart_me``. Returns (exit code, run)."""
+    proxy = CuttableProxy(sidecar_port)
+    cue = {"cut_me": threading.Event(), "restart_me": threading.Event()}
+    run = GodotRun(build_project(project),
+                   {"NARRATIVE_MODE": "session", "NARRATIVE_ENDPOINT": f"tcp://127.0.0.1:{proxy.port}",
+                    "NARRATIVE_NPC": npc, "NARRATIVE_IDLE_S": str(idle_s)},
+                   on_event=lambda ev: cue[ev["ev"]].set() if ev["ev"] in cue else None)
+    deadline = time.monotonic() + timeout_s
+    try:
+        for name, act in (("cut_me", proxy.cut), ("restart_me", restart)):
+            while not cue[name].wait(0.5):
+                if run.proc.poll() is not None or time.monotonic() > deadline:
+                    return run.wait(10), run
+            act()
+        return run.wait(max(10.0, deadline - time.monotonic())), run
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+        proxy.close()
+
+
 def transcript(events: list[dict], title: str) -> str:
     """Markdown of a session run: every event with its time since the driver started."""
     lines = [f"# {title}", ""]
@@ -207,20 +288,64 @@ def transcript(events: list[dict], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _wait_for_sidecar(endpoint: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    from bridge.client import SidecarClient, SidecarTimeout
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"narrative serve exited with {proc.returncode}")
+        with SidecarClient(endpoint, timeout_s=2) as c:
+            try:
+                c.ping()
+                return
+            except SidecarTimeout:
+                continue
+    raise RuntimeError(f"narrative serve did not answer on {endpoint} in {timeout_s:.0f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--endpoint", required=True)
+    """Start `narrative serve` (the real CLI), run the session against it, restart it on cue."""
+    import signal
+
+    ap = argparse.ArgumentParser(description="Run the Godot 3 port of the Godot client against `narrative serve`.")
+    ap.add_argument("--port", type=int, default=5599, help="loopback port for `narrative serve`")
+    ap.add_argument("--state-dir", type=Path, default=Path(tempfile.gettempdir()) / "narrative-godot-state")
     ap.add_argument("--npc", default="odile-brask")
-    ap.add_argument("--idle-s", type=float, default=3.0)
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--idle-s", type=float, default=7.0)
+    ap.add_argument("--out", type=Path, help="write the Markdown transcript here")
     args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        run = GodotRun(build_project(Path(tmp)), {"NARRATIVE_MODE": "session", "NARRATIVE_ENDPOINT": args.endpoint,
-                                                  "NARRATIVE_NPC": args.npc, "NARRATIVE_IDLE_S": str(args.idle_s)},
-                       on_event=lambda ev: print(json.dumps(ev, ensure_ascii=False), flush=True))
-        rc = run.wait(300)
+    endpoint = f"tcp://127.0.0.1:{args.port}"
+    cmd = [sys.executable, "-m", "narrative.cli", "serve", "--state-dir", str(args.state_dir), "--endpoint", endpoint, "--no-watch"]
+    procs: list[subprocess.Popen] = []
+    notes: list[str] = []
+
+    def start() -> None:
+        t = time.monotonic()
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _wait_for_sidecar(endpoint, procs[-1], 900)
+        notes.append(f"`{' '.join(['narrative'] + cmd[3:])}` answered after {time.monotonic() - t:.1f} s")
+
+    def restart() -> None:
+        procs[-1].send_signal(signal.SIGTERM)  # as Ctrl-C / a process manager would
+        procs[-1].wait(60)
+        notes.append(f"sidecar stopped with SIGTERM (exit {procs[-1].returncode}); starting it again")
+        start()
+
+    start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            rc, run = run_session(Path(tmp), args.port, args.npc, args.idle_s, restart, timeout_s=1200)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(60)
+    text = transcript(run.events, "Godot client transcript")
+    print(text)
+    print("\n".join(notes))
     if args.out:
-        args.out.write_text(transcript(run.events, "Godot client transcript"), encoding="utf-8")
+        args.out.write_text(text + "\n" + "\n".join(f"- {n}" for n in notes) + "\n", encoding="utf-8")
     return rc
 
 

@@ -14,8 +14,6 @@ Tests skip with the reason when godot3-server is not installed (scripts/setup.sh
 from __future__ import annotations
 
 import socket
-import struct
-import threading
 import time
 
 import msgpack
@@ -91,60 +89,6 @@ def _server(runtime, endpoint: str):
     return st
 
 
-class CuttableProxy:
-    """A TCP forwarder between the engine and the sidecar whose connections the test can reset at
-    once (SO_LINGER 0: RST), as a crash or a pulled cable would; new connections are forwarded again."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.pairs: list[tuple[socket.socket, socket.socket]] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                down, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                up = socket.create_connection(("127.0.0.1", self.upstream_port))
-            except OSError:
-                down.close()
-                continue
-            with self.lock:
-                self.pairs.append((down, up))
-            for a, b in ((down, up), (up, down)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cut(self) -> None:
-        with self.lock:
-            pairs, self.pairs = self.pairs, []
-        for down, up in pairs:
-            for s in (down, up):
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                s.close()
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
-
-
 def test_engine_client_session_against_the_real_sidecar(runtime, tmp_path):
     """hello/ready, ping, a streamed say, unknown_npc, cancel mid-stream (with a ping during the
     decode), reset, lore.query, an idle connection kept by PONGs, a connection reset mid-stream
@@ -152,27 +96,17 @@ def test_engine_client_session_against_the_real_sidecar(runtime, tmp_path):
     port = _free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     first = _server(runtime, endpoint)
-    proxy = CuttableProxy(port)
-    cue = {"cut_me": threading.Event(), "restart_me": threading.Event()}
-    run = gh.GodotRun(gh.build_project(tmp_path / "proj"),
-                      {"NARRATIVE_MODE": "session", "NARRATIVE_ENDPOINT": f"tcp://127.0.0.1:{proxy.port}",
-                       "NARRATIVE_NPC": NPC, "NARRATIVE_IDLE_S": str(IDLE_S)},
-                      on_event=lambda ev: cue[ev["ev"]].set() if ev["ev"] in cue else None)
-    second = None
-    try:
-        assert cue["cut_me"].wait(200), f"the driver never reached the cut step\n{run.events[-5:]}\n{run.log()}"
-        proxy.cut()  # the connection dies mid-stream
-        assert cue["restart_me"].wait(120), f"the driver never reached the restart step\n{run.events[-5:]}\n{run.log()}"
-        first.stop()  # the sidecar goes away mid-stream...
+    servers = [first]
+
+    def restart() -> None:
+        servers[-1].stop()  # the sidecar goes away mid-stream...
         time.sleep(0.5)
-        second = _server(runtime, endpoint)  # ...and comes back on the same endpoint
-        rc = run.wait(120)
+        servers.append(_server(runtime, endpoint))  # ...and comes back on the same endpoint
+
+    try:
+        rc, run = gh.run_session(tmp_path / "proj", port, NPC, IDLE_S, restart)
     finally:
-        if run.proc.poll() is None:
-            run.proc.kill()
-        if second is not None:
-            second.stop()
-        proxy.close()
+        servers[-1].stop()
     ev = run.events
     print(gh.transcript(ev, "Godot 3 port of the Godot client vs a real sidecar (pytest run)"))
     assert rc == 0, f"{ev[-3:]}\n{run.log()}"
