@@ -255,7 +255,7 @@ class CuttableProxy:
 
 
 def run_session(project: Path, sidecar_port: int, npc: str, idle_s: float, restart: Callable[[], None],
-                timeout_s: float = 400) -> tuple[int, GodotRun]:
+                timeout_s: float = 1200) -> tuple[int, GodotRun]:
     """Run the driver's scripted session through a `CuttableProxy` to the sidecar on loopback
     `sidecar_port`: cuts the connection when the driver says ``cut_me`` and calls `restart` (stop the
     sidecar, start it again on the same port) when it says ``restart_me``. Returns (exit code, run)."""
@@ -327,20 +327,28 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"`{' '.join(['narrative'] + cmd[3:])}` answered after {time.monotonic() - t:.1f} s")
 
     def restart() -> None:
+        t = time.monotonic()
         procs[-1].send_signal(signal.SIGTERM)  # as Ctrl-C / a process manager would
-        procs[-1].wait(60)
-        notes.append(f"sidecar stopped with SIGTERM (exit {procs[-1].returncode}); starting it again")
+        procs[-1].wait(300)
+        notes.append(f"sidecar stopped by SIGTERM mid-stream (exit {procs[-1].returncode}, {time.monotonic() - t:.1f} s); starting it again")
         start()
 
     start()
+    run = None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             rc, run = run_session(Path(tmp), args.port, args.npc, args.idle_s, restart, timeout_s=1200)
     finally:
+        if run is not None and run.wait(1) != 0:
+            print(run.log(), file=sys.stderr)
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-                p.wait(60)
+                try:
+                    p.wait(180)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
     text = transcript(run.events, "Godot client transcript")
     print(text)
     print("\n".join(notes))

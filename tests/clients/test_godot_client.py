@@ -133,6 +133,9 @@ def test_engine_client_session_against_the_real_sidecar(runtime, tmp_path):
     [err] = at(4, "error")
     assert err["code"] == "unknown_npc" and "the-king" in err["message"]
 
+    # a request with no reply within its timeout: 'timeout' (and the client cancels it on the sidecar)
+    assert [e["code"] for e in at(13, "error")] == ["timeout"]
+
     # cancel mid-stream, and a ping answered during the decode
     [cancel_done] = says_done(5)
     assert cancel_done["message"]["finish_reason"] == "cancelled"

@@ -81,8 +81,10 @@ func _process(_delta: float) -> void:
 	poll()
 
 
-## Starts connecting (and keeps reconnecting until `close()`).
+## Starts connecting (and keeps reconnecting until `close()`). No-op when open.
 func open() -> void:
+	if _open and _conn != null:
+		return
 	_open = true
 	_backoff_s = reconnect_min_s
 	_connect_now()
