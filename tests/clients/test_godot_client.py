@@ -161,4 +161,6 @@ def test_engine_client_session_against_the_real_sidecar(runtime, tmp_path):
     assert says_done(12)
     # never resent: after its 'disconnected' error, the cut request id is never heard of again
     [lost] = at(10, "error")
+    [cut] = at(10, "cut_me")
+    assert lost["t_ms"] - cut["t_ms"] < 15000, "the reset was noticed by neither a failed write nor the heartbeat timeout (10 s)"
     assert not [e for e in ev if e.get("id") == lost["id"] and e["t_ms"] > lost["t_ms"]]

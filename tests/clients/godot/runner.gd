@@ -19,6 +19,7 @@ var t0_us := 0
 var want_id := ""
 var idle_until_ms := 0
 var cancel_id := ""
+var pings_before_idle := 0
 
 
 func _ready() -> void:
@@ -45,7 +46,8 @@ func _process(_delta: float) -> void:
 	if Time.get_ticks_usec() - t0_us > DEADLINE_MS * 1000:
 		fail("deadline passed at step %d" % step)
 	if step == 8 and Time.get_ticks_msec() >= idle_until_ms:
-		var answered: int = client.get("_conn").pings_answered
+		var answered: int = client.get("_conn").pings_answered - pings_before_idle
+		client.get("_conn").heartbeat_ivl_s = 2.0
 		report("idle_end", {"zmtp_pings_answered": answered, "connections": client.connections})
 		step = 9
 		want_id = client.ping()
@@ -129,6 +131,7 @@ func _on_done(id: String, message: Dictionary) -> void:
 	elif step == 7:
 		step = 8
 		client.get("_conn").heartbeat_ivl_s = 1000.0  # only the sidecar's PINGs (answered with PONG) keep us alive now
+		pings_before_idle = client.get("_conn").pings_answered
 		idle_until_ms = Time.get_ticks_msec() + int(OS.get_environment("NARRATIVE_IDLE_S").to_float() * 1000)
 		report("idle_start", {})
 	elif step == 9:

@@ -296,7 +296,7 @@ func _expire(now: int) -> void:
 			_pending.erase(id)
 			if req.get("sent", false) and req["type"] == "say" and is_connected_to_sidecar():
 				request("cancel", {"target": id}, 0.0)  # free the model; its done is ignored
-			emit_signal("error", id, "timeout", "no reply in %.1f s" % (req["timeout_ms"] / 1000.0))
+			emit_signal("error", id, "timeout", "no reply in %d ms" % req["timeout_ms"])
 
 
 ## "tcp://host:port" -> [host, port]; [] when it is not a TCP endpoint.

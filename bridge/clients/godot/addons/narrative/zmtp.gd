@@ -11,8 +11,9 @@ extends RefCounted
 ##     size in 1 byte (short) or 8 bytes network order (long), then the body;
 ##   - heartbeats: a PING command (TTL in tenths of a second + up to 16 bytes of
 ##     context) is answered by a PONG carrying the same context. We also send
-##     PING ourselves when the line is quiet, and declare the peer dead when
-##     nothing at all arrives for `heartbeat_timeout_s` (or the peer's TTL).
+##     PING ourselves when we have sent nothing for `heartbeat_ivl_s` (a live
+##     peer answers with PONG, and a write to a reset connection fails), and
+##     declare the peer dead when nothing at all arrives for `heartbeat_timeout_s`.
 ##
 ## Not polled by itself: the owner calls `poll()` every frame; it never blocks
 ## and returns what happened as events: ["ready", metadata], ["message", frames]
@@ -46,7 +47,6 @@ var _events := []
 var _opened_ms := 0
 var _last_in_ms := 0
 var _last_out_ms := 0
-var _peer_ttl_ms := 0
 
 
 ## Starts connecting to `host`:`port` (an IP address or a host name).
@@ -153,10 +153,7 @@ func _read() -> void:
 
 
 func _heartbeat(now: int) -> void:
-	var timeout_ms := int(heartbeat_timeout_s * 1000)
-	if _peer_ttl_ms > timeout_ms:
-		timeout_ms = _peer_ttl_ms
-	if now - _last_in_ms > timeout_ms:
+	if now - _last_in_ms > int(heartbeat_timeout_s * 1000):
 		_close("no traffic from the peer for %d ms (heartbeat timeout)" % (now - _last_in_ms))
 	elif now - _last_out_ms > int(heartbeat_ivl_s * 1000):
 		# PING: TTL (2 bytes, tenths of a second), empty context
@@ -296,9 +293,7 @@ func _on_command(body: PackedByteArray) -> void:
 		if data.size() > 0:
 			reason = _ascii(data, 1, data.size())
 		_close("the peer refused the handshake: %s" % reason)
-	elif name == "PING":
-		if data.size() >= 2:
-			_peer_ttl_ms = ((data[0] << 8) | data[1]) * 100
+	elif name == "PING":  # data: TTL (2 bytes), then the context we echo
 		var pong := StreamPeerBuffer.new()
 		pong.big_endian = true
 		pong.put_u8(4)
