@@ -279,13 +279,33 @@ def run_session(project: Path, sidecar_port: int, npc: str, idle_s: float, resta
         proxy.close()
 
 
+TRANSCRIPT_HEADER = """\
+What ran: Debian's `godot3-server` (Godot 3.2.3, headless) executing the addon's `msgpack.gd`,
+`zmtp.gd` and `narrative_client.gd` as ported to Godot 3 by `scripts/godot3_port.py`, driven by
+`tests/clients/godot/runner.gd`, over real TCP to the real `narrative serve` (bundled
+SmolLM2-135M on llama.cpp, ZeroMQ ROUTER) on loopback, on a shared 2-core machine under load (hence
+the long first-turn TTFT). Between the two sits a TCP forwarder the harness can reset (`cut_me`:
+RST on both sides, as a crash or a pulled cable); on `restart_me` the harness stops the sidecar
+with SIGTERM and starts it again on the same port. The Godot 4 sources themselves are only parsed
+and linted (gdtoolkit). Made with `python -m tests.clients.godot_harness --out
+bridge/clients/godot/TRANSCRIPT.md`; the same session is asserted by
+tests/clients/test_godot_client.py (there against a sidecar with a 3 s heartbeat timeout, so the
+idle step proves the answered ZMTP PINGs keep the connection; here the timeout is the default 30 s).
+
+Columns: ms since the engine started the driver, event, fields. `chunk` lines are the streamed NPC
+line as the engine received it; `done` carries the sidecar's own timings.
+
+```
+"""
+
+
 def transcript(events: list[dict], title: str) -> str:
     """Markdown of a session run: every event with its time since the driver started."""
-    lines = [f"# {title}", ""]
+    lines = [f"# {title}", "", TRANSCRIPT_HEADER.rstrip("\n")]
     for ev in events:
         fields = {k: v for k, v in ev.items() if k not in ("ev", "t_ms", "step")}
         lines.append(f"{ev['t_ms']:9.1f} ms  {ev['ev']:<22} {json.dumps(fields, ensure_ascii=False)}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n```\n"
 
 
 def _wait_for_sidecar(endpoint: str, proc: subprocess.Popen, timeout_s: float) -> None:
