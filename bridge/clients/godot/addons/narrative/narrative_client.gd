@@ -1,0 +1,316 @@
+class_name NarrativeClient
+extends Node
+## Talks to a narrative sidecar (bridge/PROTOCOL.md) from a Godot game.
+##
+## Add the node, set `endpoint`, call `say()`; NPC lines arrive as `chunk`
+## signals, then one `done`. Polled from `_process` over StreamPeerTCP (never
+## blocks a frame): ZMTP 3.1 (zmtp.gd) carries msgpack maps (msgpack.gd).
+##
+## Every request method returns the request id at once. Every request then
+## ends with exactly one `done(id, message)` (message: the sidecar's terminal
+## reply as a Dictionary: `done` for say, `pong`, `ok`, `lore.result`, ...) or
+## one `error(id, code, message)`. Error codes are PROTOCOL.md's
+## (`unknown_npc`, `invalid`, ...) plus three raised by this client:
+## `disconnected` (the connection dropped while the request was in flight; it
+## is never sent again), `timeout` (no reply or chunk for `request_timeout_s`)
+## and `encode` (a value msgpack cannot carry).
+##
+## Requests made before the connection is ready wait in a queue and are sent
+## once `hello`/`ready` is through. The connection reconnects by itself with
+## exponential backoff (`reconnect_min_s` doubling up to `reconnect_max_s`).
+##
+## Wire layer: written in the GDScript subset that scripts/godot3_port.py
+## ports to Godot 3 (see bridge/clients/godot/README.md).
+
+## A piece of request `id`'s NPC line; `seq` counts from 0.
+signal chunk(id: String, seq: int, text: String)
+## Request `id` ended well; `message` is the terminal reply map.
+signal done(id: String, message: Dictionary)
+## Request `id` failed; `code` is a PROTOCOL.md code or disconnected/timeout/encode.
+signal error(id: String, code: String, message: String)
+## `pong` for a `ping()`: round trip in ms (also ends the request with `done`).
+signal pong(id: String, rtt_ms: float)
+## The handshake and `hello`/`ready` are through; see `server_info`.
+signal connected
+## The connection dropped (or could not be made); a reconnect is scheduled.
+signal disconnected(reason: String)
+## `lore.changed` / `lore.error` events the sidecar pushes unasked.
+signal lore_event(message: Dictionary)
+
+const Msgpack = preload("msgpack.gd")
+const Zmtp = preload("zmtp.gd")
+const PROTOCOL_VERSION := 1
+const SAY_OPTIONS := ["session", "max_tokens", "temperature", "seed"]
+
+## The sidecar's ROUTER endpoint, as `narrative serve` prints it.
+@export var endpoint := "tcp://127.0.0.1:5555"
+## Sent in `hello`, for the sidecar's logs.
+@export var client_name := "godot"
+## Connect in `_ready`; otherwise call `open()`.
+@export var auto_connect := true
+## Longest wait for a request's reply or its next chunk, in seconds.
+@export var request_timeout_s := 60.0
+@export var reconnect_min_s := 0.25
+@export var reconnect_max_s := 5.0
+## No bytes from the sidecar for this long: the connection is dead (the
+## sidecar sends ZMTP heartbeats every 2 s, and so do we).
+@export var heartbeat_timeout_s := 10.0
+
+## The `ready` map of the current connection ({} while not connected).
+var server_info := {}
+## Connections made so far (1 after the first, +1 per reconnect).
+var connections := 0
+
+var _conn = null
+var _next_id := 0
+var _pending := {}  # id -> {"type", "deadline_ms", "sent_ms", "sent"}
+var _queue := []  # [id, bytes] waiting for the connection
+var _hello_id := ""
+var _open := false
+var _backoff_s := 0.0
+var _retry_at_ms := 0
+var _down_reported := false
+
+
+func _ready() -> void:
+	if auto_connect:
+		open()
+
+
+func _process(_delta: float) -> void:
+	poll()
+
+
+## Starts connecting (and keeps reconnecting until `close()`). No-op when open.
+func open() -> void:
+	if _open and _conn != null:
+		return
+	_open = true
+	_backoff_s = reconnect_min_s
+	_connect_now()
+
+
+## Closes the connection; in-flight and queued requests get `disconnected`.
+func close() -> void:
+	_open = false
+	_drop("closed by the client")
+
+
+func is_connected_to_sidecar() -> bool:
+	return _conn != null and _hello_id == "" and not server_info.is_empty()
+
+
+## Sends `text` to NPC `npc`. `options`: session, max_tokens, temperature,
+## seed (PROTOCOL.md `say`) and timeout_s (this request's timeout). Returns the
+## request id; the line arrives as `chunk` signals, then `done`.
+func say(npc: String, text: String, options := {}) -> String:
+	var fields := {"npc": npc, "text": text}
+	for key in options.keys():
+		if key in SAY_OPTIONS:
+			fields[key] = options[key]
+		elif key != "timeout_s":
+			push_warning("NarrativeClient.say: unknown option '%s' not sent" % key)
+	return request("say", fields, options.get("timeout_s", request_timeout_s))
+
+
+## Stops stream `id`; it then ends with `done` (finish_reason `cancelled`).
+## Returns the cancel request's own id (it gets `error` unknown_request when
+## the stream had already ended; no reply otherwise).
+func cancel(id: String) -> String:
+	return request("cancel", {"target": id}, 0.0)
+
+
+## Liveness; ends with `pong` and `done`.
+func ping() -> String:
+	return request("ping", {})
+
+
+## Forgets one conversation's history; ends with `done` (an `ok` message).
+func reset(npc: String, session := "") -> String:
+	var fields := {"npc": npc}
+	if session != "":
+		fields["session"] = session
+	return request("reset", fields)
+
+
+## Which lore entries `text` would retrieve; ends with `done` (`lore.result`).
+func lore_query(text: String, npc := "") -> String:
+	var fields := {"text": text}
+	if npc != "":
+		fields["npc"] = npc
+	return request("lore.query", fields)
+
+
+## Sends any request type of PROTOCOL.md with `fields`; returns its id.
+## `timeout_s` 0 means the request expects no reply (cancel).
+func request(msg_type: String, fields: Dictionary, timeout_s := -1.0) -> String:
+	if timeout_s < 0.0:
+		timeout_s = request_timeout_s
+	_next_id += 1
+	var id := "gd-%d" % _next_id
+	var msg := {"v": PROTOCOL_VERSION, "id": id, "type": msg_type}
+	for key in fields.keys():
+		msg[key] = fields[key]
+	var now := Time.get_ticks_msec()
+	var timeout_ms := int(timeout_s * 1000)
+	_pending[id] = {
+		"type": msg_type, "sent_ms": now, "timeout_ms": timeout_ms, "deadline_ms": now + timeout_ms
+	}
+	var enc: Array = Msgpack.encode(msg)
+	if enc[1] != "":
+		# reported on the next poll, once the caller has the id
+		_pending[id]["failed"] = ["encode", enc[1]]
+		return id
+	if is_connected_to_sidecar():
+		_send(id, enc[0])
+	else:
+		_queue.append([id, enc[0]])
+	return id
+
+
+## Polls the connection once (called from `_process`; call it yourself when
+## the node is not in a tree or processing is off).
+func poll() -> void:
+	var now := Time.get_ticks_msec()
+	if _conn == null:
+		if _open and now >= _retry_at_ms:
+			_connect_now()
+	if _conn != null:
+		for ev in _conn.poll():
+			_on_event(ev)
+	_expire(Time.get_ticks_msec())
+
+
+func _connect_now() -> void:
+	var hp := _host_port(endpoint)
+	if hp.is_empty():
+		push_error("NarrativeClient: endpoint must look like tcp://HOST:PORT, not '%s'" % endpoint)
+		_open = false
+		return
+	_conn = Zmtp.new()
+	_conn.heartbeat_timeout_s = heartbeat_timeout_s
+	_conn.open(hp[0], hp[1])
+
+
+func _on_event(ev: Array) -> void:
+	var kind: String = ev[0]
+	if kind == "ready":
+		connections += 1
+		_next_id += 1
+		_hello_id = "gd-%d" % _next_id
+		var hello := {"v": PROTOCOL_VERSION, "id": _hello_id, "type": "hello", "client": client_name}
+		_conn.send([Msgpack.encode(hello)[0]])
+	elif kind == "message":
+		var frames: Array = ev[1]
+		if frames.size() != 1:
+			push_warning("NarrativeClient: ignored a message of %d frames" % frames.size())
+			return
+		var r: Array = Msgpack.decode(frames[0])
+		if r[1] != "" or typeof(r[0]) != TYPE_DICTIONARY:
+			push_warning("NarrativeClient: ignored an undecodable message (%s)" % r[1])
+			return
+		_on_message(r[0])
+	elif kind == "closed":
+		_drop(ev[1])
+
+
+func _on_message(msg: Dictionary) -> void:
+	var id := str(msg.get("id", ""))
+	var msg_type := str(msg.get("type", ""))
+	if id == _hello_id and _hello_id != "":
+		_hello_id = ""
+		if msg_type != "ready":
+			_drop("hello refused: %s" % msg.get("message", msg_type))
+			return
+		server_info = msg
+		_backoff_s = reconnect_min_s
+		_down_reported = false
+		var queued := _queue
+		_queue = []
+		for item in queued:
+			if _pending.has(item[0]):
+				_send(item[0], item[1])
+		emit_signal("connected")
+		return
+	if msg_type == "lore.changed" or msg_type == "lore.error":
+		emit_signal("lore_event", msg)
+		return
+	if msg_type == "error":
+		_pending.erase(id)
+		emit_signal("error", id, str(msg.get("code", "")), str(msg.get("message", "")))
+		return
+	if not _pending.has(id):
+		return  # a late reply to a request that timed out
+	var req: Dictionary = _pending[id]
+	if msg_type == "chunk":
+		req["deadline_ms"] = Time.get_ticks_msec() + req["timeout_ms"]
+		emit_signal("chunk", id, msg.get("seq", 0), str(msg.get("text", "")))
+		return
+	_pending.erase(id)
+	if msg_type == "pong":
+		emit_signal("pong", id, float(Time.get_ticks_msec() - req["sent_ms"]))
+	emit_signal("done", id, msg)
+
+
+func _send(id: String, payload: PackedByteArray) -> void:
+	var req: Dictionary = _pending[id]
+	req["sent"] = true
+	req["sent_ms"] = Time.get_ticks_msec()
+	req["deadline_ms"] = req["sent_ms"] + req["timeout_ms"]
+	if req["timeout_ms"] == 0:
+		_pending.erase(id)  # cancel: no reply unless it fails
+	if not _conn.send([payload]):
+		_drop("send failed")
+
+
+## The connection is gone: every sent request fails with `disconnected` (never
+## resent); queued ones wait for the next connection. Schedules a reconnect.
+func _drop(reason: String) -> void:
+	var was_up := not server_info.is_empty()
+	if _conn != null:
+		_conn.close()
+	_conn = null
+	_hello_id = ""
+	server_info = {}
+	for id in _pending.keys():
+		if _pending[id].get("sent", false) or not _open:
+			_pending.erase(id)
+			emit_signal("error", id, "disconnected", "connection to the sidecar lost: %s" % reason)
+	if not _open:
+		_queue = []
+	else:
+		_retry_at_ms = Time.get_ticks_msec() + int(_backoff_s * 1000)
+		_backoff_s = minf(_backoff_s * 2.0, reconnect_max_s)
+	if was_up or not _down_reported:
+		_down_reported = true
+		emit_signal("disconnected", reason)
+
+
+func _expire(now: int) -> void:
+	for id in _pending.keys():
+		var req: Dictionary = _pending[id]
+		if req.has("failed"):
+			_pending.erase(id)
+			emit_signal("error", id, req["failed"][0], req["failed"][1])
+		elif req["timeout_ms"] > 0 and now > req["deadline_ms"]:
+			_pending.erase(id)
+			if req.get("sent", false) and req["type"] == "say" and is_connected_to_sidecar():
+				request("cancel", {"target": id}, 0.0)  # free the model; its done is ignored
+			emit_signal("error", id, "timeout", "no reply in %d ms" % req["timeout_ms"])
+
+
+## "tcp://host:port" -> [host, port]; [] when it is not a TCP endpoint.
+static func _host_port(ep: String) -> Array:
+	if not ep.begins_with("tcp://"):
+		return []
+	var rest := ep.substr(6)
+	var colon := rest.rfind(":")
+	if colon <= 0:
+		return []
+	var port := rest.substr(colon + 1).to_int()
+	if port <= 0 or port > 65535:
+		return []
+	var host := rest.substr(0, colon)
+	if host == "localhost" or host == "*":
+		host = "127.0.0.1"
+	return [host, port]
