@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="write the Markdown transcript here")
     args = ap.parse_args(argv)
     endpoint = f"tcp://127.0.0.1:{args.port}"
-    cmd = [sys.executable, "-m", "narrative.cli", "serve", "--state-dir", str(args.state_dir), "--endpoint", endpoint, "--no-watch"]
+    cmd = [sys.executable, "-m", "app", "serve", "--state-dir", str(args.state_dir), "--endpoint", endpoint, "--no-watch"]
     procs: list[subprocess.Popen] = []
     notes: list[str] = []
 

@@ -84,7 +84,7 @@ def _server(runtime, endpoint: str):
     from tests.conftest import ServerThread
 
     settings = runtime.settings.server.model_copy(update={"endpoint": endpoint, "peer_timeout_s": PEER_TIMEOUT_S})
-    st = ServerThread(SidecarServer(runtime.engine, settings, runtime.model_names()))
+    st = ServerThread(SidecarServer(runtime.service(), settings))
     st.start()
     return st
 
