@@ -417,6 +417,8 @@ class Retriever:
             sims = {eid: sim for eid, sim in dense if sim >= self.min_similarity}
             bm25 = dict(lexical)
             for weight, ranking in ((self.vector_weight, [eid for eid, _ in dense if eid in sims]), (self.lexical_weight, [eid for eid, _ in lexical])):
+                if weight <= 0:
+                    continue  # a ranking with weight 0 brings nothing in (it used to add its hits at score 0)
                 for i, eid in enumerate(ranking):
                     fused[eid] = fused.get(eid, 0.0) + weight / (self.rrf_k + i + 1)
 

@@ -108,11 +108,10 @@ class LoreEntry(BaseModel):
     @classmethod
     def _check_regex(cls, v: list[str]) -> list[str]:
         for key in v:
-            parsed = parse_regex_key(key)
-            if parsed is not None:
+            if parse_regex_key(key) is not None:
                 try:
-                    re.compile(parsed[0], regex_flags(parsed[1]))
-                except re.error as exc:
+                    compile_regex_key(key)
+                except UnsupportedRegex as exc:
                     raise ValueError(f"bad regex key {key!r}: {exc}") from exc
         return v
 
@@ -156,3 +155,113 @@ def regex_flags(flags: str) -> int:
     if "s" in flags:
         out |= re.DOTALL
     return out
+
+
+class UnsupportedRegex(ValueError):
+    """A ``/regex/`` key that Python's ``re`` cannot express (the message says which part)."""
+
+
+_PROPERTY = {  # Unicode property escapes Python's re can express, outside a [...] class (JavaScript \p{...} with the u flag)
+    "L": r"[^\W\d_]", "Letter": r"[^\W\d_]", "Alphabetic": r"[^\W\d_]", "Alpha": r"[^\W\d_]",
+    "N": r"\d", "Nd": r"\d", "Number": r"\d", "Decimal_Number": r"\d", "digit": r"\d",
+    "White_Space": r"\s", "space": r"\s",
+}
+_PROPERTY_IN_CLASS = {"N": r"\d", "Nd": r"\d", "Number": r"\d", "Decimal_Number": r"\d", "digit": r"\d", "White_Space": r"\s", "space": r"\s"}
+_NEGATED = {r"[^\W\d_]": r"[\W\d_]", r"\d": r"\D", r"\s": r"\S"}
+
+
+def js_regex_to_python(pattern: str, flags: str = "") -> str:
+    """A JavaScript regex source (as SillyTavern keys are written) -> the same pattern for Python's ``re``.
+
+    Translated: named groups ``(?<name>...)`` -> ``(?P<name>...)``, backreferences
+    ``\\k<name>`` -> ``(?P=name)``, ``\\u{...}`` code points, the empty classes ``[]`` and
+    ``[^]``, and with the ``u``/``v`` flag the Unicode properties ``\\p{L}``, ``\\p{N}``,
+    ``\\p{White_Space}`` (and their ``\\P`` negations). Without ``u``, ``\\p`` is a
+    plain ``p`` as in JavaScript.
+
+    Raises:
+        UnsupportedRegex: other Unicode properties (``\\p{Sc}``, scripts), or a
+            pattern Python rejects (variable-width lookbehind...).
+    """
+    unicode_mode = "u" in flags or "v" in flags
+    out: list[str] = []
+    i, n, in_class = 0, len(pattern), False
+    while i < n:
+        c = pattern[i]
+        if c == "\\" and i + 1 < n:
+            d = pattern[i + 1]
+            if d == "k" and not in_class and pattern.startswith("<", i + 2) and ">" in pattern[i + 3 :]:
+                end = pattern.index(">", i + 3)
+                out.append(f"(?P={pattern[i + 3 : end]})")
+                i = end + 1
+                continue
+            if d in "pP" and pattern.startswith("{", i + 2) and "}" in pattern[i + 3 :]:
+                end = pattern.index("}", i + 3)
+                if not unicode_mode:
+                    out.append(d)  # JavaScript without u: \p is the letter p
+                    i += 2
+                    continue
+                name = pattern[i + 3 : end].removeprefix("General_Category=").removeprefix("gc=")
+                table = _PROPERTY_IN_CLASS if in_class else _PROPERTY
+                if name not in table:
+                    raise UnsupportedRegex(f"\\{d}{{{name}}} (a Unicode property Python's re has no class for)")
+                cls = table[name]
+                out.append(cls if d == "p" else _NEGATED[cls])
+                i = end + 1
+                continue
+            if d == "u" and pattern.startswith("{", i + 2) and "}" in pattern[i + 3 :]:
+                end = pattern.index("}", i + 3)
+                out.append(f"\\U{int(pattern[i + 3 : end], 16):08x}")
+                i = end + 1
+                continue
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if in_class:
+            if c == "]":
+                in_class = False
+            out.append(c)
+            i += 1
+            continue
+        if pattern.startswith("[^]", i):
+            out.append(r"[\s\S]")
+            i += 3
+            continue
+        if pattern.startswith("[]", i):
+            out.append("(?!)")
+            i += 2
+            continue
+        if c == "[":
+            in_class = True
+            out.append(c)
+            if pattern.startswith("[^", i):
+                out.append("^")
+                i += 1
+            if pattern.startswith("]", i + 1):  # a leading ']' is literal in Python, but ends an empty class in JS
+                raise UnsupportedRegex("a class starting with ']'")
+            i += 1
+            continue
+        if pattern.startswith("(?<", i) and i + 3 < n and pattern[i + 3] not in "=!":
+            out.append("(?P<")
+            i += 3
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def compile_regex_key(key: str) -> re.Pattern[str]:
+    """Compile a ``/pattern/flags`` key (JavaScript syntax, see `js_regex_to_python`).
+
+    Raises:
+        UnsupportedRegex: not a regex key, or a pattern Python cannot express.
+    """
+    parsed = parse_regex_key(key)
+    if parsed is None:
+        raise UnsupportedRegex("not a /regex/ key")
+    try:
+        return re.compile(js_regex_to_python(parsed[0], parsed[1]), regex_flags(parsed[1]))
+    except (re.error, ValueError, OverflowError) as exc:
+        if isinstance(exc, UnsupportedRegex):
+            raise
+        raise UnsupportedRegex(str(exc)) from None
