@@ -16,6 +16,10 @@ from enum import Enum
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+"""ASCII ids (quest and step ids of `narrative.batch.spec`)."""
+ENTRY_ID = re.compile(r"[^\W_][\w.-]*")
+"""A lore entry id: lower-case letters of any script, digits, '_', '.', '-', starting with a letter or digit
+(``smokeglass``, ``київ``, ``東京``): ids of imported cards stay readable in their own language."""
 
 
 class Kind(str, Enum):
@@ -74,7 +78,7 @@ class LoreEntry(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    id: str = Field(pattern=ID_PATTERN, description="Unique id; defaults to the file name without extension.")
+    id: str = Field(min_length=1, description="Unique id; defaults to the file name without extension. Lower-case letters (any script), digits, '_', '.', '-'.")
     kind: Kind
     name: str = Field(min_length=1, description="Display name; also a primary key for keyword matching.")
     keys: list[str] = Field(default_factory=list, description="Primary keys: words or phrases that trigger the entry; '/regex/flags' for a regex.")
@@ -96,6 +100,13 @@ class LoreEntry(BaseModel):
     tags: list[str] = Field(default_factory=list)
     npc: NpcCard | None = Field(default=None, description="Required when kind is npc.")
     text: str = Field(default="", description="The Markdown body.")
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, v: str) -> str:
+        if not ENTRY_ID.fullmatch(v) or v != v.lower():
+            raise ValueError(f"id {v!r}: use lower-case letters (any script), digits, '_', '.' and '-', starting with a letter or digit")
+        return v
 
     @field_validator("keys", "secondary_keys", mode="before")
     @classmethod
