@@ -28,6 +28,22 @@ Embedder = Callable[[Sequence[str]], list[list[float]]]
 INDEX_FORMAT = 1  # bump when chunking or metadata changes, so ids change and everything re-embeds
 
 
+def embedder_id(embed: Embedder) -> str:
+    """What identifies an embedder's vectors, stored with the index so a change of model is detected.
+
+    ``embed.model_id`` when it has one; else its model file's name and size
+    (``embed.path``, as `narrative`'s llama.cpp embedder has); else its class name.
+    """
+    mid = getattr(embed, "model_id", None)
+    if mid:
+        return str(mid)
+    path = getattr(embed, "path", None)
+    if path is not None:
+        p = Path(path)
+        return f"{p.name}:{p.stat().st_size}" if p.is_file() else p.name
+    return type(embed).__qualname__
+
+
 @dataclass
 class IndexReport:
     """Counts from one `LoreIndex.sync` run. Chunk counts; ``files_changed`` counts files."""
@@ -120,6 +136,18 @@ class LoreIndex:
         self._col = self._client.get_or_create_collection(
             collection, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
         )
+        self.embedder = embedder_id(embed)
+        self.reindex_reason: str | None = None  # why the stored vectors were dropped on open (embedder changed)
+        stored = (self._col.metadata or {}).get("embedder")
+        if stored != self.embedder and (stored is not None or self._col.count()):
+            self.reindex_reason = f"embedder changed from {stored or 'unrecorded'} to {self.embedder}: every chunk is re-embedded at the next sync"
+            log.warning("lore index %s: %s", state_dir, self.reindex_reason)
+            self._client.delete_collection(collection)
+            self._col = self._client.create_collection(
+                collection, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}, metadata={"embedder": self.embedder}
+            )
+        elif stored is None:
+            self._col.modify(metadata={"embedder": self.embedder})
         self.entries: dict[str, LoreEntry] = {}
         self.sources: dict[str, str] = {}  # entry id -> source file
         self.keywords = KeywordIndex()
