@@ -104,5 +104,6 @@ def test_changing_the_embedder_re_embeds_everything_and_says_so(tmp_path):
     assert again.reindex_reason is None and again.sync(root).skipped == 2  # same model: nothing re-embedded
     other = LoreIndex(tmp_path / "state", OtherFake())
     assert other.reindex_reason is not None and "FakeHashEmbedder" in other.reindex_reason and "OtherFake" in other.reindex_reason
-    assert other.sync(root).added == 2
+    assert set(other.entries) == {"a", "b"} and other.nearest("Alpha.", 1) == []  # opening only reads: no mixed vectors, nothing dropped yet
+    assert other.sync(root).added == 2 and other.reindex_reason is None
     assert [eid for eid, _ in other.nearest("Alpha.", 1)] == ["a"]  # 32-dim vectors now, no dimension clash
