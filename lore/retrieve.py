@@ -176,8 +176,8 @@ class Retriever:
         vector_weight, lexical_weight, rrf_k: weighted reciprocal rank fusion of
             the embedding ranking and the BM25 ranking: an entry scores
             sum(weight / (rrf_k + rank)) over the two rankings (rank from 1);
-            ties (and entries found by one ranking with weight 0) go by
-            embedding similarity. Default 0.0 / 1.0: with the bundled SmolLM2
+            ties go by embedding similarity. A ranking with weight 0 brings
+            no entry in (issue 16: vector_weight 0 means no vector neighbours). Default 0.0 / 1.0: with the bundled SmolLM2
             embedder, BM25 first and embedding hits after it measured best
             (benchmarks/retrieval_quality.py --sweep: 84.5% vs 78.9% for equal
             weights over 71 cases); raise vector_weight with a real embedding model.
