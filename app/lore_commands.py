@@ -119,6 +119,8 @@ def cmd_import(args: argparse.Namespace) -> int:
             print(f"error: {f}: {exc}", file=sys.stderr)
             failed += 1
             continue
+        for w in res.warnings:
+            print(f"warning: {w}", file=sys.stderr)
         who = f", NPC {res.npc}" if res.npc else ""
         print(f"{f}: {res.kind}, {res.entries} entries{who} -> {res.folder}/ ({len(res.files)} files)")
     return 1 if failed else 0
@@ -131,6 +133,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     files, problems = load_dir(args.dir)
     for p in problems:
         print(p, file=sys.stderr)
+    if args.card:
+        from lore.importers.sillytavern import export_card
+
+        png = bool(args.out and args.out.suffix.lower() == ".png")
+        card = export_card([e for f in files for e in f.entries], args.card, spec=args.spec, png=png)
+        if png:
+            args.out.write_bytes(card)
+        elif args.out:
+            args.out.write_text(json.dumps(card, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
+        else:
+            print(json.dumps(card, indent=4, ensure_ascii=False))
+        return 1 if problems else 0
     out = export_world_info([e for f in files for e in f.entries], read_book_settings(args.dir))
     text = json.dumps(out, indent=4, ensure_ascii=False)
     if args.out:
@@ -174,7 +188,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--into", type=Path, required=True, help="lore folder to write into (one sub-folder per source)")
     p.set_defaults(func=cmd_import)
 
-    p = lore.add_parser("export", help="export a lore folder as SillyTavern World Info JSON")
+    p = lore.add_parser("export", help="export a lore folder as SillyTavern World Info JSON, or one NPC as a character card")
     p.add_argument("dir", type=Path)
-    p.add_argument("--out", type=Path, help="output file (default: stdout)")
+    p.add_argument("--out", type=Path, help="output file (default: stdout); with --card, a .png file gets the card inside a 1x1 image")
+    p.add_argument("--card", metavar="NPC_ID", help="export this NPC as a character card, with the lore only it knows as its book")
+    p.add_argument("--spec", choices=["v2", "v3"], default="v2", help="card spec with --card (default v2)")
     p.set_defaults(func=cmd_export)

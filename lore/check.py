@@ -4,8 +4,10 @@ Each problem is a `lore.loader.LoreProblem` printed as ``path:line: severity: me
 Errors: YAML errors, schema violations (including a ``/regex/`` key that does
 not compile), duplicate ids, an unknown NPC / faction / tag in a ``known_by``
 scope, an unknown ``npc.location`` / ``npc.faction``, a non-constant entry with
-no keys at all. Warnings: an entry with an empty body, a regex key using
-JavaScript-only syntax Python reads differently.
+no keys at all, a field written twice in one front matter. Warnings: an entry
+with an empty body. Regex keys are JavaScript syntax (as in SillyTavern),
+translated for Python (`lore.schema.js_regex_to_python`); one that cannot be
+translated is an error naming the part.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ import json
 import re
 from pathlib import Path
 
-from lore.loader import _FRONT, LoreProblem, _field_line, load_dir
-from lore.schema import Kind, LoreEntry, parse_regex_key
+from lore.loader import _FRONT, LoreProblem, _field_line, load_dir, normalize_text
+from lore.schema import Kind, LoreEntry
 
 
 def _front(path: Path) -> str:
     try:
-        m = _FRONT.match(path.read_text(encoding="utf-8"))
+        m = _FRONT.match(normalize_text(path.read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError):
         return ""
     return m.group(1) if m else ""
@@ -64,11 +66,6 @@ def check_dir(root: Path) -> list[LoreProblem]:
             problems.append(LoreProblem(path, _field_line(front, ("keys",)), "keys: empty on a non-constant entry (it can only be found by similarity); add keys, or set constant: true"))
         if not e.text.strip() and e.kind != Kind.npc:
             problems.append(LoreProblem(path, 0, "empty body: the entry injects only its name", "warning"))
-        for fld in ("keys", "secondary_keys"):
-            for key in getattr(e, fld):
-                parsed = parse_regex_key(key)
-                if parsed and re.search(r"\(\?<[A-Za-z]|\\k<", parsed[0]):
-                    problems.append(LoreProblem(path, _line_of_value(front, fld, key[:20]), f"{fld}: {key!r} uses JavaScript named groups; write (?P<name>...) for Python", "warning"))
     return sorted(problems, key=lambda p: (str(p.path), p.line, p.message))
 
 

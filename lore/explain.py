@@ -51,6 +51,7 @@ def explain(r: Retriever, npc_id: str, line: str, history: Sequence[str] = ()) -
 
     Returns:
         ``{"npc", "line", "budget", "used", "prefix_budget", "prefix_used",
+        "similarity": {"vector_weight", "lexical_weight", "vector_k"},
         "included": [...], "dropped": [...]}``; token figures are tokens of the
         dialogue model; each item is `pick_dict` (placement ``prefix``/``turn``).
 
@@ -67,6 +68,7 @@ def explain(r: Retriever, npc_id: str, line: str, history: Sequence[str] = ()) -
         "used": sel.used,
         "prefix_budget": r.prefix_budget,
         "prefix_used": prefix_used,
+        "similarity": {"vector_weight": r.vector_weight, "lexical_weight": r.lexical_weight, "vector_k": r.vector_k},
         "included": [pick_dict(p, "prefix", src.get(p.entry.id, "")) for p in sel.prefix]
         + [pick_dict(p, "turn", src.get(p.entry.id, "")) for p in sel.turn],
         "dropped": [pick_dict(p, "prefix" if p.why in ("constant", "prefix", "scene") else "turn", src.get(p.entry.id, "")) for p in sel.dropped],
@@ -129,6 +131,7 @@ def format_explanation(d: dict) -> str:
     lines = [
         f"NPC {d['npc']}: {d['line']!r}",
         f"prefix lore {d['prefix_used']}/{d['prefix_budget']} tokens (plus the card); turn lore {d['used']}/{d['budget']} tokens",
+        _similarity_line(d.get("similarity")),
         "",
         f"{'':8} {'entry':34} {'tokens':>6}  why",
     ]
@@ -140,6 +143,16 @@ def format_explanation(d: dict) -> str:
         for x in d["dropped"]:
             lines.append(f"{x['reason']:8} {x['entry']:34} {x['tokens']:6}  {_why(x)}")
     return "\n".join(lines)
+
+
+def _similarity_line(w: dict | None) -> str:
+    """How similarity hits were ranked this turn (after every key hit): which rankings count, and how much."""
+    if not w:
+        return ""
+    if w["vector_k"] <= 0 or (w["vector_weight"] <= 0 and w["lexical_weight"] <= 0):
+        return "similarity hits: off (keys only)"
+    on = [f"{name} x{w[f'{name}_weight']:g}" for name in ("vector", "lexical") if w[f"{name}_weight"] > 0]
+    return f"similarity hits (after key hits, top {w['vector_k']}): " + " + ".join(on)
 
 
 def _why(x: dict) -> str:

@@ -29,6 +29,22 @@ Embedder = Callable[[Sequence[str]], list[list[float]]]
 INDEX_FORMAT = 1  # bump when chunking or metadata changes, so ids change and everything re-embeds
 
 
+def embedder_id(embed: Embedder) -> str:
+    """What identifies an embedder's vectors, stored with the index so a change of model is detected.
+
+    ``embed.model_id`` when it has one; else its model file's name and size
+    (``embed.path``, as `narrative`'s llama.cpp embedder has); else its class name.
+    """
+    mid = getattr(embed, "model_id", None)
+    if mid:
+        return str(mid)
+    path = getattr(embed, "path", None)
+    if path is not None:
+        p = Path(path)
+        return f"{p.name}:{p.stat().st_size}" if p.is_file() else p.name
+    return type(embed).__qualname__
+
+
 @dataclass
 class IndexReport:
     """Counts from one `LoreIndex.sync` run. Chunk counts; ``files_changed`` counts files."""
@@ -111,6 +127,15 @@ class LoreIndex:
         self._col = self._client.get_or_create_collection(
             collection, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
         )
+        self.embedder = embedder_id(embed)
+        self.reindex_reason: str | None = None  # set when the stored vectors come from another embedder
+        stored = (self._col.metadata or {}).get("embedder")
+        if stored != self.embedder and (stored is not None or self._col.count()):
+            self.reindex_reason = f"embedder changed from {stored or 'unrecorded'} to {self.embedder}: every chunk is re-embedded at the next sync"
+            log.warning("lore index %s: %s", state_dir, self.reindex_reason)
+        elif stored is None:
+            self._col.modify(metadata={"embedder": self.embedder})
+        self._collection_name = collection
         self.entries: dict[str, LoreEntry] = {}
         self.sources: dict[str, str] = {}  # entry id -> source file
         self.keywords = KeywordIndex()
@@ -164,6 +189,12 @@ class LoreIndex:
         t0 = time.perf_counter()
         files, problems = load_dir(root)
         report = IndexReport(problems=problems)
+        if self.reindex_reason is not None:  # vectors of another model: drop them all, re-embed below
+            self._client.delete_collection(self._collection_name)
+            self._col = self._client.create_collection(
+                self._collection_name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}, metadata={"embedder": self.embedder}
+            )
+            self.reindex_reason = None
         existing = self._existing_by_source()
         broken = {p.path.relative_to(root).as_posix() for p in problems if p.path.is_relative_to(root)}
         on_disk = {f.rel for f in files} | broken
@@ -294,7 +325,7 @@ class LoreIndex:
 
         One entry appears once, with its best chunk's similarity.
         """
-        n = self._col.count() if k > 0 else 0
+        n = self._col.count() if k > 0 and self.reindex_reason is None else 0  # another model's vectors are not comparable
         if n == 0:
             return []
         [vec] = self.embed([text])

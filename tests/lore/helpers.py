@@ -66,4 +66,5 @@ def world(tmp_path: Path, entries: dict[str, dict], **retriever) -> Retriever:
     retriever.setdefault("vector_k", 0)
     retriever.setdefault("token_budget", 600)  # the budgets these tests were written for (the Retriever's defaults then)
     retriever.setdefault("prefix_budget", 1500)
+    retriever.setdefault("vector_weight", 0.0)  # these tests rank similarity by BM25 alone (the fake embedder's vectors mean nothing)
     return Retriever(index, lambda t: len(t.split()), **retriever)

@@ -146,7 +146,7 @@ def test_spec_inconsistencies_are_tolerated(tmp_path):
     by_id = {e.id: e for f in loaded for e in f.entries}
     a, b = by_id["odd-000-alpha"], by_id["odd-001-x"]
     assert a.keys == ["alpha", "beta"] and a.secondary_keys == ["gamma", "delta"] and a.selective_logic.value == "and_all"
-    assert b.keys == ["/x+/"] and b.disabled
+    assert b.keys == ["x+"] and b.disabled  # use_regex does not make a plain key a regex (SillyTavern ignores it)
     out = export_world_info(list(by_id.values()))
     assert [e["key"] for e in out["entries"].values()] == [["alpha", "beta"], ["x+"]]
 

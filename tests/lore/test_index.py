@@ -86,3 +86,24 @@ def test_schema_error_names_file_and_line(tmp_path, embedder):
     assert any(m.startswith(f"{root / 'bad.md'}:4:") and "order" in m for m in msgs), msgs
     assert any(m.startswith(f"{root / 'npc.md'}:") and "npc" in m for m in msgs), msgs
     assert set(index.entries) == {"ok"}
+
+
+def test_changing_the_embedder_re_embeds_everything_and_says_so(tmp_path):
+    from lore.index import LoreIndex
+    from tests.lore.helpers import FakeHashEmbedder, write_world
+
+    class OtherFake(FakeHashEmbedder):
+        """A second fake embedder (another 'model'): 32 dimensions."""
+
+        dim = 32
+
+    root = write_world(tmp_path / "lore", {"a": {"kind": "lore", "name": "A", "text": "Alpha."}, "b": {"kind": "lore", "name": "B", "text": "Beta."}})
+    first = LoreIndex(tmp_path / "state", FakeHashEmbedder())
+    assert first.sync(root).added == 2 and first.reindex_reason is None
+    again = LoreIndex(tmp_path / "state", FakeHashEmbedder())
+    assert again.reindex_reason is None and again.sync(root).skipped == 2  # same model: nothing re-embedded
+    other = LoreIndex(tmp_path / "state", OtherFake())
+    assert other.reindex_reason is not None and "FakeHashEmbedder" in other.reindex_reason and "OtherFake" in other.reindex_reason
+    assert set(other.entries) == {"a", "b"} and other.nearest("Alpha.", 1) == []  # opening only reads: no mixed vectors, nothing dropped yet
+    assert other.sync(root).added == 2 and other.reindex_reason is None
+    assert [eid for eid, _ in other.nearest("Alpha.", 1)] == ["a"]  # 32-dim vectors now, no dimension clash
