@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, Field
 
 from lore.schema import LoreEntry
-from narrative.batch.checks import Finding, check_quest, errors, lore_vocabulary
+from narrative.batch.checks import Finding, check_quest, errors, failing_reasons, lore_vocabulary
 from narrative.batch.manifest import Components, canonical_digest, model_fingerprint
 from narrative.batch.output import OutputInvalid, QuestMeta, QuestText, generation_schema, validate_generation
 from narrative.batch.prompt import PROMPT_VERSION, QuestPrompt, build_prompt
@@ -178,7 +178,10 @@ class QuestGenerator:
     def generate(self, spec: QuestSpec, opts: BatchOptions | None = None) -> ItemResult:
         """Generate one quest: bounded attempts until the output validates (and, with
         ``retry_on_findings``, has no error findings). Never raises for a bad output:
-        the result's status is ``failed`` with the reasons.
+        the result's status is ``failed`` with the reasons, also when the best
+        attempt still fails a quality check (`narrative.batch.checks.QUALITY_CHECKS`:
+        language, instruction echo, markup, repetition); other error findings
+        leave it ``flagged`` (written, listed in the report) unless ``strict``.
 
         Raises:
             UnknownEntry: the spec names an entry the lore does not have.
@@ -209,7 +212,7 @@ class QuestGenerator:
                 if g.finish_reason != "stop":
                     raise OutputInvalid(f"cut at max_tokens={budget} after {g.completion_tokens} tokens")
                 quest = validate_generation(g.text, spec, meta, opts.max_chars)
-                findings = check_quest(quest, spec, vocab, opts.max_chars)
+                findings = check_quest(quest, spec, vocab, opts.max_chars, prompt=prompt.system + "\n" + prompt.user)
                 err = None
             except OutputInvalid as exc:
                 quest, findings, err = None, [], exc.reason
@@ -225,6 +228,9 @@ class QuestGenerator:
             return result
         result.quest, result.findings = best.quest, best.findings
         result.status = "flagged" if errors(best.findings) else "ok"
-        if result.status == "flagged" and opts.strict:
+        quality = failing_reasons(best.findings)
+        if quality:  # text a designer would not keep (wrong language, echoed instructions, markup, loops): never written
+            result.status, result.error = "failed", f"failed post-checks after {len(result.attempts)} attempts: {', '.join(quality)}"
+        elif result.status == "flagged" and opts.strict:
             result.status, result.error = "failed", f"{errors(best.findings)} error findings left (strict)"
         return result

@@ -17,7 +17,7 @@ from lore.retrieve import key_match
 from lore.schema import LoreEntry
 from narrative.batch.spec import STAGE_HELP, QuestSpec
 
-PROMPT_VERSION = "quest-prompt-1"
+PROMPT_VERSION = "quest-prompt-2"
 
 TOKENS_PER_WORD = 1.3
 """Rough English BPE ratio (SmolLM2 / Qwen tokenizers give 1.2-1.4 on the sample lore)."""
@@ -105,6 +105,18 @@ def select_lore(spec: QuestSpec, entries: Mapping[str, LoreEntry], budget: int) 
     return named, triggered
 
 
+LANGUAGE_NAMES = {
+    "en": "English", "fr": "French", "de": "German", "es": "Spanish", "it": "Italian", "pt": "Portuguese",
+    "nl": "Dutch", "pl": "Polish", "uk": "Ukrainian", "ru": "Russian", "ja": "Japanese", "zh": "Chinese",
+    "ko": "Korean", "th": "Thai", "tr": "Turkish", "ar": "Arabic",
+}
+"""ISO 639-1 code -> the language's English name, as the prompt says it (other codes are written as given)."""
+
+
+def language_name(code: str) -> str:
+    return LANGUAGE_NAMES.get(code, code)
+
+
 def _names(ids: list[str], entries: Mapping[str, LoreEntry]) -> str:
     return ", ".join(entries[i].name for i in ids)
 
@@ -119,10 +131,10 @@ def build_prompt(spec: QuestSpec, entries: Mapping[str, LoreEntry], lore_budget:
     giver = named[0]
     blocks = [render_entry(e, speaker=e.id == spec.giver) for e in named + triggered]
     system = (
-        "You are a writer for a video game. You write the text of one quest as JSON, in English.\n"
+        f"You are a writer for a video game. You write the text of one quest as JSON, in {language_name(spec.language)}.\n"
         "Use only people, places and factions named in the lore below or in the quest spec; never invent new names. "
         "Never write placeholders, templates or notes to the developer.\n\n"
-        "# Lore\n\n" + "\n\n".join(blocks)
+        "What the world's lore says:\n\n" + "\n\n".join(blocks)
     )
     lines = [f"Quest giver: {giver.name}"]
     if spec.title:
