@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,17 @@ def test_against_real_sidecar(tests_exe, cs_sidecar, scenario):
     run_cs(tests_exe, scenario, cs_sidecar)
 
 
+def test_console_client_transcript(cs_sidecar, tmp_path):
+    """Tools~/SidecarConsole.cs (the transcript and benchmark driver) builds and streams a two-turn conversation."""
+    exe = tmp_path / "SidecarConsole.exe"
+    mcs(exe, core_sources() + [UNITY / "Tools~" / "SidecarConsole.cs"])
+    proc = subprocess.run([MONO, str(exe), "transcript", cs_sidecar, "odile-brask", "Who are you?", "Any news from the docks?"],
+                          capture_output=True, text=True, timeout=400)
+    print(proc.stdout, proc.stderr)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count(" done ") == 2 and proc.stdout.count("chunk  1 ") == 2, proc.stdout
+
+
 def test_sidecar_restarted_mid_session(tests_exe, runtime):
     """Stop the sidecar while a stream is in flight and start a new one on the same port: the client reconnects,
     re-sends hello, and the next say works (the stream in flight ends, nothing is resent)."""
@@ -131,6 +143,21 @@ def test_sidecar_restarted_mid_session(tests_exe, runtime):
     out = "".join(lines)
     print(out)
     assert proc.returncode == 0 and "PASS restart" in out, out
+
+
+def test_package_layout_has_meta_files_and_valid_manifests():
+    """UPM layout: package.json, asmdefs (the core's without engine references, the editor's editor-only), and a
+    .meta file for every asset (a package installed from git is read-only; Unity ignores assets without one)."""
+    import json
+
+    manifest = json.loads((UNITY / "package.json").read_text())
+    assert manifest["name"] == "com.narrative.sidecar" and manifest["samples"][0]["path"] == "Samples~/StreamedLine"
+    core = json.loads((UNITY / "Runtime" / "Narrative.Sidecar.asmdef").read_text())
+    assert core["noEngineReferences"] is True
+    editor = json.loads((UNITY / "Editor" / "Narrative.Sidecar.Editor.asmdef").read_text())
+    assert editor["includePlatforms"] == ["Editor"]
+    proc = subprocess.run([sys.executable, str(UNITY / "Tools~" / "make_meta.py"), "--check"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
 
 
 # ---- compile-only: the Unity layer ---------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ namespace Narrative.Sidecar
         internal long TimeoutMs;
         internal bool Sent;
         internal string What;
+        internal long Order;   // submission order, to match an id-less frame_too_large to its request
         int _finished;
 
         /// <summary>The request's id (replies carry it).</summary>
@@ -202,6 +203,7 @@ namespace Narrative.Sidecar
         Thread _reader;
         volatile bool _closed;
         long _nextId;
+        long _nextOrder;
         long _lastSweepMs;
         string _lastConnectError = "not connected yet";
         int _connections;
@@ -460,9 +462,34 @@ namespace Narrative.Sidecar
                 if (p.IsFinished) lock (_lock) { PendingRequest cur; if (_pending.TryGetValue(m.Id, out cur) && cur == p) _pending.Remove(m.Id); }
                 return;
             }
-            if (m is ErrorMessage) { RaiseUnroutedError(SidecarException.FromError((ErrorMessage)m)); return; }
+            var err = m as ErrorMessage;
+            if (err != null && err.Id == "?" && err.Code == "frame_too_large")
+            {
+                // The sidecar refuses an oversized frame before reading it, so its error carries id "?". Only a request
+                // over ready.limits.max_frame_bytes can cause it, and one connection's frames are read in order: the
+                // oldest such request in flight is the one refused.
+                var owner = OversizedInFlight();
+                if (owner != null)
+                {
+                    owner.Deliver(err, this);
+                    lock (_lock) { PendingRequest cur; if (_pending.TryGetValue(owner.RequestId, out cur) && cur == owner) _pending.Remove(owner.RequestId); }
+                    return;
+                }
+            }
+            if (err != null) { RaiseUnroutedError(SidecarException.FromError(err)); return; }
             if (m.IsEvent || m is UnknownMessage) { RaiseEvent(m); return; }
             LogLine("dropping " + m + ": no request in flight has that id (timed out or cancelled?)");
+        }
+
+        PendingRequest OversizedInFlight()
+        {
+            var ready = Ready;
+            long limit = ready != null ? ready.MaxFrameBytes : 64 * 1024;
+            PendingRequest best = null;
+            lock (_lock)
+                foreach (var p in _pending.Values)
+                    if (p.Sent && p.Payload.Length > limit && (best == null || p.Order < best.Order)) best = p;
+            return best;
         }
 
         // ---- requests --------------------------------------------------------------------------------------------
@@ -477,6 +504,7 @@ namespace Narrative.Sidecar
             p.What = msg.Type + " " + msg.Id;
             p.Payload = msg.Encode();
             p.TimeoutMs = (long)timeout.TotalMilliseconds;
+            p.Order = Interlocked.Increment(ref _nextOrder);
             ITransport t;
             lock (_lock)
             {
