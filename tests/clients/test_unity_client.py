@@ -160,6 +160,58 @@ def test_package_layout_has_meta_files_and_valid_manifests():
     assert proc.returncode == 0, proc.stdout
 
 
+STAND_IN_ROUTER = r"""
+# A stand-in peer (not the sidecar): a real libzmq ROUTER with fast ZMTP heartbeats that answers hello and ping.
+import sys, msgpack, zmq
+sock = zmq.Context().socket(zmq.ROUTER)
+for opt, v in ((zmq.HEARTBEAT_IVL, 200), (zmq.HEARTBEAT_TIMEOUT, 1000), (zmq.HEARTBEAT_TTL, 1000), (zmq.LINGER, 0)):
+    sock.setsockopt(opt, v)
+sock.bind(sys.argv[1])
+print("bound", flush=True)
+while True:
+    ident, payload = sock.recv_multipart()
+    req = msgpack.unpackb(payload)
+    reply = {"v": 1, "id": req["id"], "type": {"hello": "ready", "ping": "pong"}.get(req["type"], "error")}
+    if reply["type"] == "ready":
+        reply.update(server="stand-in", models={}, npcs=[], limits={"max_frame_bytes": 65536})
+    sock.send_multipart([ident, msgpack.packb(reply)])
+"""
+
+
+def test_zmtp_heartbeats_against_libzmq(tests_exe, tmp_path):
+    """Heartbeats against a real libzmq ROUTER (a stand-in peer, run as its own process): an idle client that sends
+    no PINGs of its own answers libzmq's PINGs and is not dropped; when the peer freezes (SIGSTOP), the client
+    declares it dead within its heartbeat timeout, failing the request in flight as disconnected. (The client's own
+    PINGs, every 2 s by default, run in every test against the sidecar.)"""
+    import signal
+    import sys as _sys
+
+    script = tmp_path / "stand_in_router.py"
+    script.write_text(STAND_IN_ROUTER)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    peer = subprocess.Popen([_sys.executable, str(script), endpoint], stdout=subprocess.PIPE, text=True)
+    client = None
+    try:
+        assert peer.stdout.readline().strip() == "bound"
+        client = subprocess.Popen([MONO, "--debug", str(tests_exe), "heartbeat", endpoint], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in client.stdout:
+            lines.append(line)
+            if line.strip() == "FREEZE-NOW":
+                peer.send_signal(signal.SIGSTOP)
+                break
+        rest, _ = client.communicate(timeout=60)
+        out = "".join(lines) + rest
+        print(out)
+        assert client.returncode == 0 and "PASS heartbeat" in out, out
+    finally:
+        if client is not None and client.poll() is None:
+            client.kill()
+        peer.send_signal(signal.SIGCONT)
+        peer.kill()
+        peer.wait()
+
+
 # ---- compile-only: the Unity layer ---------------------------------------------------------------------------------
 
 

@@ -43,6 +43,7 @@ static class ClientTests
                 case "drop": DropMidStream(arg); break;
                 case "restart": Restart(arg); break;
                 case "lore": Lore(arg); break;
+                case "heartbeat": Heartbeat(arg); break;
                 default: Console.Error.WriteLine("unknown scenario " + scenario); return 2;
             }
             Console.WriteLine("PASS {0} ({1} ms)", scenario, sw.ElapsedMilliseconds);
@@ -519,6 +520,42 @@ static class ClientTests
             Done next = Await(c.SayAsync(Npc, "Good.", new SayOptions { MaxTokens = 8 }));
             Check(next.FinishReason == "stop" || next.FinishReason == "length", "the next say works");
             Check(c.ConnectionCount == 2, "exactly one reconnect");
+        }
+    }
+
+    /// <summary>ZMTP heartbeats against a libzmq ROUTER that pings every 200 ms and drops a peer silent for 1 s
+    /// (tests/clients/test_unity_client.py's stand-in peer). Idle 3 s without PINGs of our own: still the same
+    /// connection, so we answered its PINGs. Then the harness freezes the peer (SIGSTOP): nothing arrives any more
+    /// and the client declares it dead within HeartbeatTimeout; the request in flight fails as disconnected.</summary>
+    static void Heartbeat(string endpoint)
+    {
+        var options = new SidecarClientOptions
+        {
+            Endpoint = endpoint, ClientName = "csharp-heartbeat", Log = s => Console.WriteLine("  [client] " + s),
+            TransportFactory = () => new ZmtpTransport(new ZmtpOptions
+            {
+                // no PINGs of our own: surviving the idle phase proves we answer libzmq's PINGs with PONGs
+                HeartbeatInterval = TimeSpan.Zero, HeartbeatTimeout = TimeSpan.FromMilliseconds(1500), HeartbeatTtl = TimeSpan.FromSeconds(1),
+            }),
+        };
+        using (var c = new SidecarClient(options))
+        {
+            c.Connect();
+            Thread.Sleep(3000);
+            Check(c.IsConnected && c.ConnectionCount == 1, "an idle connection survives libzmq's 1 s heartbeat timeout");
+            Console.WriteLine("  idle 3 s: still connection #{0}; ping {1:0.0} ms", c.ConnectionCount, Await(c.PingAsync()));
+            var dropped = new ManualResetEventSlim();
+            var sw = new Stopwatch();
+            c.Disconnected += why => { sw.Stop(); Console.WriteLine("  +{0} ms after the freeze: {1}", sw.ElapsedMilliseconds, why); dropped.Set(); };
+            Console.WriteLine("FREEZE-NOW");
+            Console.Out.Flush();
+            Thread.Sleep(100);  // the harness freezes the peer right away
+            sw.Start();
+            var ping = c.PingAsync(TimeSpan.FromSeconds(30));
+            Check(dropped.Wait(TimeSpan.FromSeconds(10)), "a frozen peer is declared dead by the heartbeat timeout");
+            var e = Faults(ping, 10);
+            Check(e is SidecarDisconnectedException, "the ping in flight fails as disconnected (not after its 30 s timeout), got " + e);
+            Check(sw.ElapsedMilliseconds < 5000, "dead peer noticed in " + sw.ElapsedMilliseconds + " ms");
         }
     }
 
