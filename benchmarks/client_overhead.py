@@ -143,8 +143,14 @@ def main() -> None:
         (cp50, cmean), _, _ = stats["csharp"]
         (pp50, pmean), _, _ = stats["python"]
         r50, rmean = cp50 / pp50, cmean / pmean
-        ok = abs(r50 - 1) <= 0.05 and abs(rmean - 1) <= 0.05
-        print(f"\nC# / Python TTFT ratio: p50 {r50:.3f}, mean {rmean:.3f}  ({'within' if ok else 'NOT within'} the 5% target; n={args.rounds})")
+        ok = r50 <= 1.05 and rmean <= 1.05  # the target: the C# client no more than 5% slower than the Python one
+        (_, _, (cop, _)), (_, _, (pop, _)) = stats["csharp"], stats["python"]
+        print(f"client overhead p50: C# {cop:.2f} ms, Python {pop:.2f} ms")
+        paired = statistics.median(c["ttft"] / p["ttft"] for c, p in zip(rows["csharp"], rows["python"]))
+        print(f"\nC# / Python TTFT ratio: p50 {r50:.3f}, mean {rmean:.3f}, median of per-round ratios {paired:.3f}  "
+              f"({'meets' if ok else 'MISSES'} the target, C# at most 5% slower on p50 and mean; n={args.rounds})")
+        print("The sidecar's own ttft_ms varies more between turns (shared CPU) than the clients differ: the client's share "
+              "is the overhead column above.")
     finally:
         if cs.poll() is None:
             cs.stdin.write("quit\n")
