@@ -72,6 +72,22 @@ else
 fi
 # ---- end: Godot engine ----
 
+# ---- C# (Unity client) tests: Mono's mcs and mono (Debian mono-devel) -------------------------------------------
+# tests/clients/test_unity_client.py builds bridge/clients/unity with mcs and runs it with mono; without them those
+# tests skip with the reason. Idempotent: skipped when mcs exists; never fails the setup.
+if command -v mcs >/dev/null 2>&1 && command -v mono >/dev/null 2>&1; then
+  :
+elif command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+  echo "==> installing mono-devel (C# compiler and runtime, for the Unity client's tests)"
+  if ! { DEBIAN_FRONTEND=noninteractive apt-get install -y -q mono-devel >/dev/null \
+         || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mono-devel >/dev/null; }; }; then
+    echo "warning: could not install mono-devel; the C# client tests will skip" >&2
+  fi
+else
+  echo "note: mcs/mono not found and apt-get unavailable (or not root): the C# client tests will skip (install mono-devel to run them)"
+fi
+# ---- end C# block ------------------------------------------------------------------------------------------------
+
 if ! smoke; then
   echo "error: llama-cpp-python crashed on a smoke decode; rebuild with other flags via NARRATIVE_LLAMA_CMAKE_ARGS" >&2
   exit 1
