@@ -53,7 +53,7 @@ def build_console(out_dir: Path) -> Path:
 
 
 def start_sidecar(endpoint: str, state_dir: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "narrative.cli", "serve", "--endpoint", endpoint, "--state-dir", str(state_dir), "--no-watch"]
+    cmd = [sys.executable, "-m", "app", "serve", "--endpoint", endpoint, "--state-dir", str(state_dir), "--no-watch"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 900  # first run indexes samples/lore
     with SidecarClient(endpoint, timeout_s=2) as c:

@@ -60,9 +60,9 @@ def free_port() -> int:
 def start_server(runtime, endpoint: str) -> ServerThread:
     """A real SidecarServer with the default limits (max_frame_bytes 64 KiB) on `endpoint`."""
     from bridge.server import SidecarServer
-    from narrative.settings import ServerSettings
+    from bridge.settings import ServerSettings
 
-    st = ServerThread(SidecarServer(runtime.engine, ServerSettings(endpoint=endpoint), runtime.model_names()))
+    st = ServerThread(SidecarServer(runtime.service(), ServerSettings(endpoint=endpoint)))
     st.start()
     return st
 
