@@ -37,6 +37,8 @@ from narrative.service import EngineDead, LoreBroken, LoreChanged, NarrativeServ
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "narrative-sidecar/0.1"
+WORKER_REQUESTS = frozenset({"reset", "lore.query", "lore.explain", "generate"})
+"""Requests whose handler waits for the decode worker thread: run as tasks, so the loop keeps answering."""
 _END = object()
 
 
@@ -159,6 +161,15 @@ class SidecarServer:
             log.info("bad request from %s: %s", ident.hex(), exc.message)
             await self.send(ident, p.Error(id=exc.request_id, code=exc.code, message=exc.message))
             return
+        if msg.type in WORKER_REQUESTS:  # waits for the decode worker: never block the loop (ping, cancel) meanwhile
+            task = asyncio.create_task(self._handle(ident, msg))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        else:
+            await self._handle(ident, msg)
+
+    async def _handle(self, ident: bytes, msg: p._Msg) -> None:
+        """Run one request's handler; every failure becomes its error reply (the one place that maps them)."""
         try:
             await self.handlers[msg.type](ident, msg)
         except ServiceError as exc:  # the one place a service error becomes a wire error

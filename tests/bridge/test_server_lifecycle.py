@@ -1,4 +1,4 @@
-"""The ``shutdown`` event: clients learn the sidecar is going down instead of waiting for a heartbeat timeout.
+"""The ``shutdown`` event, and a loop that keeps answering: clients learn the sidecar is going down instead of waiting for a heartbeat timeout, and ping is answered while other requests wait for the decode worker.
 
 Real ZeroMQ over loopback TCP and a real `SidecarServer`; the engine of the second test is a
 fake (`FailingEngine`, named as one): it stands for a model that fails inside llama.cpp on every
@@ -94,6 +94,42 @@ def test_one_failed_turn_is_not_fatal():
             assert c.ping() is not None
             assert st.thread.is_alive()
             assert not c.events(timeout_s=0.3)
+    finally:
+        st.stop()
+    assert st.error is None
+
+
+class SlowLoreEngine(FailingEngine):
+    """A fake dialogue engine (named as one) whose lore query holds the decode worker for 2 s, as a turn would."""
+
+    class retriever(FailingEngine.retriever):
+        vector_k = 1
+
+        class index(FailingEngine.retriever.index):
+            entries: dict = {}
+
+            @staticmethod
+            def nearest(text, k):
+                time.sleep(2.0)
+                return []
+
+
+def test_ping_is_answered_while_a_lore_query_waits_for_the_worker():
+    """lore.query (like reset, lore.explain, generate) waits for the decode worker; the loop must keep answering ping."""
+    server = SidecarServer(NarrativeService(SlowLoreEngine()), ServerSettings(endpoint="tcp://127.0.0.1:*"))
+    st = ServerThread(server)
+    endpoint = st.start()
+    try:
+        with SidecarClient(endpoint, timeout_s=10) as c:
+            c.hello("t")
+            from bridge import protocol as p
+            from bridge.client import new_id
+
+            qid = c.send(p.LoreQuery(id=new_id(), text="anything"))
+            time.sleep(0.2)
+            rtt = c.ping()
+            assert rtt < 1000, f"ping waited {rtt:.0f} ms behind a lore query"
+            assert c.recv(qid).type == "lore.result"
     finally:
         st.stop()
     assert st.error is None
