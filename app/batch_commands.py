@@ -26,7 +26,7 @@ def cmd_batch(args: argparse.Namespace, settings) -> int:
     if args.threads:
         settings.batch_model.n_threads = args.threads
     changes = {k: getattr(args, k) for k in ("seed", "max_tokens", "retries", "max_chars", "lore_budget") if getattr(args, k) is not None}
-    options = BatchOptions(strict=args.strict, retry_on_findings=not args.no_retry_on_findings, **changes)
+    options = BatchOptions(strict=args.strict, retry_on_findings=not args.no_retry_on_findings, quality_gate=not args.no_quality_gate, **changes)
     try:
         entries = load_catalog(settings.lore.dir) if args.lore_files else sync_lore(settings)
         summary = run_batch(
@@ -92,6 +92,7 @@ def register(sub, common: argparse.ArgumentParser, wrap) -> None:
     p.add_argument("--lore-budget", type=int, help="approximate tokens of lore per prompt (default 1200; named entries always go in)")
     p.add_argument("--no-retry-on-findings", action="store_true", help="retry only invalid outputs, not post-check errors")
     p.add_argument("--strict", action="store_true", help="items with error findings fail (not written)")
+    p.add_argument("--no-quality-gate", action="store_true", help="write items that still fail a quality check (language, instruction echo, markup, repetition) as flagged instead of failing them")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=wrap(cmd_batch))
 

@@ -44,14 +44,15 @@ class BatchOptions(BaseModel):
     max_chars: int | None = Field(None, ge=8, description="Caps every field's character limit (tests use a small cap for short generations).")
     lore_budget: int = Field(1200, ge=0, description="Approximate tokens of lore in a prompt (named entries always go in).")
     strict: bool = Field(False, description="Treat an item with error findings left as failed (not written).")
+    quality_gate: bool = Field(True, description="Fail (do not write) an item whose best attempt still fails a quality check: language, instruction_echo, markup, repetition (narrative.batch.checks.QUALITY_CHECKS). Off: such items are written as flagged.")
 
     def params(self, seed: int) -> SamplingParams:
         """The sampling of one attempt, drawn with `seed`."""
         return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, repeat_penalty=self.repeat_penalty, seed=seed)
 
     def shaping(self) -> dict:
-        """The options that shape the text (all but `strict`, which only decides what is written)."""
-        return self.model_dump(exclude={"strict", "seed"})
+        """The options that shape the text (all but `strict` and `quality_gate`, which only decide what is written)."""
+        return self.model_dump(exclude={"strict", "quality_gate", "seed"})
 
 
 @dataclass
@@ -228,7 +229,7 @@ class QuestGenerator:
             return result
         result.quest, result.findings = best.quest, best.findings
         result.status = "flagged" if errors(best.findings) else "ok"
-        quality = failing_reasons(best.findings)
+        quality = failing_reasons(best.findings) if opts.quality_gate else []
         if quality:  # text a designer would not keep (wrong language, echoed instructions, markup, loops): never written
             result.status, result.error = "failed", f"failed post-checks after {len(result.attempts)} attempts: {', '.join(quality)}"
         elif result.status == "flagged" and opts.strict:
