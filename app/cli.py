@@ -57,7 +57,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = SidecarServer(service, s.server)
     if not args.no_watch:
         server.watch_lore(s.lore.dir)  # hot reload: saved lore files are re-indexed while serving
-    print(f"serving {len(service.npcs())} NPCs on {s.server.endpoint} (dialogue model: {rt.model.name}); Ctrl-C stops", file=sys.stderr)
+    n_npcs = len(service.npcs())
+    server.on_bound = lambda endpoint: print(
+        f"serving {n_npcs} NPCs (dialogue model: {rt.model.name}); Ctrl-C stops\n"
+        f"clients connect to: {endpoint}\n"
+        f"  (Unity: NarrativeSidecar.endpoint; Godot: the narrative/sidecar/endpoint project setting; Python: SidecarClient(endpoint))",
+        file=sys.stderr, flush=True,
+    )
     serve_forever(server)
     saved = service.save_sessions()  # restored on first use after a restart (narrative.context)
     if saved:

@@ -60,6 +60,7 @@ class SidecarServer:
         self.tasks: set[asyncio.Task] = set()
         self.finished: deque[tuple[str, str, int]] = deque(maxlen=256)  # (request id, finish_reason, completion tokens)
         self.bound = asyncio.Event()
+        self.on_bound: Callable[[str], None] | None = None  # called with the bound endpoint (the port resolved when it was '*')
         self.endpoint = settings.endpoint
         self._stop = asyncio.Event()
         self.handlers: dict[str, Callable[[bytes, object], Awaitable[None]]] = {
@@ -107,6 +108,8 @@ class SidecarServer:
         """Bind and serve until `stop` is called. Raises ``zmq.ZMQError`` if the endpoint cannot be bound."""
         self.sock = self._open()
         self.bound.set()
+        if self.on_bound is not None:
+            self.on_bound(self.endpoint)
         log.info("sidecar listening on %s", self.endpoint)
         if self.lore_dir is not None:
             watch = asyncio.create_task(self._watch_lore())
