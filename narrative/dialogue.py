@@ -49,6 +49,22 @@ Never reveal what {name} keeps secret.
 TURN_TEMPLATE = """{lore}The player says: {line}"""
 
 
+def prefix_tokens(model: LlamaModel, text: str) -> list[int]:
+    """The system turn holding `text` (instructions, NPC card, static lore) as token ids, no BOS.
+
+    Only the chat template's markers become control tokens; `text` (written by designers, or
+    imported from cards found on the internet) is tokenized as plain text, so a ``<|im_start|>``
+    inside it stays text.
+    """
+    return model.chat_tokens(model.format.system_pieces(text))
+
+
+def turn_tokens(model: LlamaModel, text: str) -> list[int]:
+    """A user turn holding `text` (per-turn lore + the player's line) and the assistant header, as
+    token ids; the player's and the lore's text is tokenized as plain text (see `prefix_tokens`)."""
+    return model.chat_tokens(model.format.user_pieces(text, then_assistant=True))
+
+
 @dataclass
 class TurnRecord:
     player: str
@@ -129,7 +145,7 @@ class DialogueEngine:
         npc = picks[0].entry
         lore = "\n\n".join(render_entry(p.entry, speaker=p.entry.id == npc_id) for p in picks)
         text = SYSTEM_TEMPLATE.format(name=npc.name, lore=lore)
-        tokens = self.model.bos() + self.model.tokenize(self.model.format.system(text))
+        tokens = self.model.bos() + prefix_tokens(self.model, text)
         return Conversation(npc_id=npc_id, prefix_tokens=tokens, prefix_lore=[p.entry.id for p in picks], index_version=version)
 
     def conversation(self, session: str, npc_id: str) -> Conversation:
@@ -252,7 +268,7 @@ class DialogueEngine:
         if lore_text:
             lore_text = "What you know that bears on this:\n" + lore_text
         fmt = self.model.format
-        user_tokens = self.model.tokenize(fmt.user(TURN_TEMPLATE.format(lore=lore_text, line=line)) + fmt.assistant_open)
+        user_tokens = turn_tokens(self.model, TURN_TEMPLATE.format(lore=lore_text, line=line))
         s = self.sampling
         max_tokens = max_tokens or s.max_tokens
         first = 0
@@ -283,7 +299,7 @@ class DialogueEngine:
             )
         text = gen.text.strip()
         if gen.finish_reason != "cancelled":
-            close = self.model.tokenize(fmt.assistant_close)
+            close = self.model.marker_tokens(fmt.assistant_close)
             conv.turns.append(TurnRecord(line, text, [p.entry.id for p in new_lore], user_tokens + gen.tokens + close))
             conv.injected.update(p.entry.id for p in new_lore)
             if first:

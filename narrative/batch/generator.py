@@ -191,7 +191,8 @@ class QuestGenerator:
         comps = self.components(spec, prompt, opts)
         key = comps.key
         model = self.model
-        tokens = model.tokenize(model.format.system(prompt.system) + model.format.user(prompt.user) + model.format.assistant_open)
+        # spec and lore text (cards may come from the internet) as plain text; only the template's markers are control tokens
+        tokens = model.chat_tokens(model.format.system_pieces(prompt.system) + model.format.user_pieces(prompt.user, then_assistant=True))
         tokens = model.bos() + tokens
         schema = generation_schema(spec, opts.max_chars)
         budget = min(opts.max_tokens, model.n_ctx - len(tokens) - 64)
