@@ -22,11 +22,12 @@ from bridge import protocol as p
 class SidecarError(Exception):
     """The sidecar answered with an ``error`` message. ``code`` is a `bridge.protocol.ErrorCode`."""
 
-    def __init__(self, code: str, message: str, request_id: str) -> None:
+    def __init__(self, code: str, message: str, request_id: str, retry_after_ms: int | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.retry_after_ms = retry_after_ms  # with code 'busy': wait this long, then retry
 
 
 class SidecarTimeout(TimeoutError):
@@ -43,6 +44,9 @@ class SidecarClient:
     Args:
         endpoint: the sidecar's ROUTER endpoint.
         timeout_s: longest wait for any single message (a reply or the next chunk).
+
+    A ``busy`` error (`SidecarError` with ``code`` ``busy``) carries ``retry_after_ms``: the sidecar's
+    queues are full; wait that long and send the request again.
     """
 
     def __init__(self, endpoint: str = "tcp://127.0.0.1:5555", timeout_s: float = 120.0, context: zmq.Context | None = None) -> None:
@@ -118,7 +122,7 @@ class SidecarClient:
         self.send(msg)
         reply = self.recv(msg.id, timeout_s)
         if reply.type == "error":
-            raise SidecarError(reply.code, reply.message, reply.id)
+            raise SidecarError(reply.code, reply.message, reply.id, reply.retry_after_ms)
         return reply
 
     # ---- API -------------------------------------------------------------
@@ -160,7 +164,7 @@ class SidecarClient:
         while True:
             msg = self.recv(rid)
             if msg.type == "error":
-                raise SidecarError(msg.code, msg.message, msg.id)
+                raise SidecarError(msg.code, msg.message, msg.id, msg.retry_after_ms)
             yield msg
             if msg.type == "done":
                 return

@@ -30,7 +30,7 @@ from pathlib import Path
 from lore.render import render_entry
 from lore.retrieve import Pick, Retriever
 from narrative.context import ContextEngine, StateMismatch
-from narrative.llm import LlamaModel, ModelError, SamplingParams
+from narrative.llm import ContextOverflow, LlamaModel, ModelError, SamplingParams
 from narrative.settings import ContextSettings, SamplingSettings
 from narrative.state_file import state_file_name
 
@@ -281,6 +281,11 @@ class DialogueEngine:
                 first += 1
                 history = conv.tokens(first)
         prompt = history + user_tokens
+        # what a client may ask (NarrativeService.limits) is served: a turn that still does not fit after
+        # dropping the old turns generates what fits (finish_reason 'length'); none fitting is ContextOverflow
+        max_tokens = min(max_tokens, self.model.n_ctx - len(prompt))
+        if max_tokens < 1:
+            raise ContextOverflow(f"the prefix and this line take {len(prompt)} tokens of the {self.model.n_ctx} a conversation has")
         with self.model.lock:
             gen = self.context.generate(
                 self._key(session, npc_id),
