@@ -22,6 +22,7 @@ import re
 from collections.abc import Iterable
 from functools import lru_cache
 
+from lore.regex_guard import BoundedPattern, compile_key
 from lore.schema import LoreEntry, SelectiveLogic, parse_regex_key, regex_flags
 
 WORD = re.compile(r"\w+")
@@ -31,7 +32,7 @@ DEFAULT_WHOLE_WORDS = True
 
 
 @lru_cache(maxsize=65536)
-def key_pattern(key: str, case_sensitive: bool, whole_words: bool) -> re.Pattern[str]:
+def key_pattern(key: str, case_sensitive: bool, whole_words: bool) -> re.Pattern[str] | BoundedPattern:
     """The compiled pattern of one key under the given options (cached).
 
     Raises:
@@ -39,7 +40,7 @@ def key_pattern(key: str, case_sensitive: bool, whole_words: bool) -> re.Pattern
     """
     parsed = parse_regex_key(key)
     if parsed is not None:
-        return re.compile(parsed[0], regex_flags(parsed[1]))
+        return compile_key(parsed[0], regex_flags(parsed[1]))  # a time budget per match (lore.regex_guard)
     flags = 0 if case_sensitive else re.IGNORECASE
     if whole_words:
         return re.compile(rf"(?<!\w){re.escape(key)}(?!\w)", flags)
