@@ -86,11 +86,11 @@ def test_chunking_is_linear_and_ids_are_unchanged():
     for c in chunks:  # the ids a store indexed before this change still match (nothing re-embeds)
         text = c.text
         assert c.id == hashlib.sha256(f"{INDEX_FORMAT}\0a.md\0{entry_json}\0{c.seq}\0{text}".encode()).hexdigest()[:32]
-    big = _big_entry(2.0)
+    big = _big_entry(5.0)
     t0 = time.perf_counter()
     chunks = chunk_entry(big, "big.md", 200)
     took = time.perf_counter() - t0
-    assert len(chunks) > 1000 and took < 8, took
+    assert len(chunks) > 2000 and took < 10, took
 
 
 def test_lore_check_warns_about_oversized_entries(tmp_path, capsys):
