@@ -184,7 +184,7 @@ class QuestGenerator:
             UnknownEntry: the spec names an entry the lore does not have.
             narrative.llm.ModelError: the model cannot be loaded.
         """
-        from narrative.llm import generate_json
+        from narrative.llm import GrammarRefused, generate_json
 
         opts = opts or self.options
         prompt = self.prompt(spec, opts)
@@ -204,7 +204,11 @@ class QuestGenerator:
         best: Attempt | None = None
         for n in range(1, opts.retries + 2):
             seed = self.seed_of(opts) + n - 1
-            g = generate_json(model, tokens, schema, opts.params(seed), max_tokens=budget)
+            try:
+                g = generate_json(model, tokens, schema, opts.params(seed), max_tokens=budget)
+            except GrammarRefused as exc:  # this item cannot be generated; the batch goes on
+                result.error = str(exc)
+                return result
             meta = QuestMeta(key=key, model=model.name, seed=seed, prompt_version=PROMPT_VERSION, attempt=n)
             try:
                 if g.finish_reason != "stop":
