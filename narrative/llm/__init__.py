@@ -40,6 +40,18 @@ __all__ = [
     "StateError",
     "generate_json",
     "json_schema_grammar",
+    "load_backend",
     "read_model_metadata",
     "resolve_model_path",
 ]
+
+
+def load_backend() -> bool:
+    """Import ``llama_cpp`` now; call it first at an entry point, before anything imports numpy
+    (chromadb, gguf): on a CUDA build, numpy loaded first makes model loading crash in the CUDA
+    backend. Returns False when llama-cpp-python is not installed (commands without a model still run)."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
