@@ -66,12 +66,19 @@ def test_reader_that_never_reads_costs_only_its_own_replies(model):
         ctx = zmq.Context.instance()
         flood = ctx.socket(zmq.DEALER)
         flood.setsockopt(zmq.RCVHWM, 1)
+        flood.setsockopt(zmq.RCVBUF, 4096)  # little kernel buffering: the server's queue for it fills
         flood.setsockopt(zmq.LINGER, 0)
         flood.connect(endpoint)
-        frame = p.encode(p.Hello(id="h", client="never-reads"))
-        for _ in range(5000):
-            flood.send(frame)
-        time.sleep(1.0)
+        frame = p.encode(p.Hello(id="h" * 128, client="never-reads" * 10))
+        with SidecarClient(endpoint, timeout_s=10) as other:  # another peer keeps the ROUTER writable
+            other.ping()
+            for i in range(20_000):
+                flood.send(frame)
+                if i % 2000 == 0:
+                    other.ping()
+            for _ in range(30):  # while the sidecar works through the 20,000 (a few seconds)
+                time.sleep(0.5)
+                other.ping()
         alive(endpoint)
         assert st.server.stats["dropped_replies"] > 0
         flood.close(linger=0)
