@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, permissions: files already written stay whole (atomic writes)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
         from narrative.llm import ModelError
 

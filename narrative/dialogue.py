@@ -131,6 +131,9 @@ class DialogueEngine:
         self._lock = threading.Lock()
         self.context = ContextEngine(model, context)
         self.sessions_dir = Path(state_dir) / "sessions" if state_dir is not None and (context is None or context.persist) else None
+        self.save_every_s = (context or ContextSettings()).save_every_s
+        self._saved_at: dict[tuple[str, str], float] = {}
+        self.save_errors = 0  # failed autosaves (disk full...), for tests and stats
 
     @staticmethod
     def _key(session: str, npc_id: str) -> str:
@@ -204,29 +207,55 @@ class DialogueEngine:
     def save_sessions(self) -> int:
         """Save every conversation that holds model state to ``state_dir/sessions``
         (tokens, checkpoints, sequence state, turns). Returns how many were saved;
-        0 without a state dir."""
+        0 without a state dir.
+
+        Raises:
+            OSError: a file cannot be written (disk full...); files already written stay, and
+                every old file stays as it was (atomic writes).
+        """
         if self.sessions_dir is None:
             return 0
         n = 0
         with self._lock, self.model.lock:
             for (session, npc_id), conv in self.conversations.items():
-                key = self._key(session, npc_id)
-                if not self.context.cached_tokens(key):
-                    continue
-                meta = {
-                    "prompt_version": PROMPT_VERSION,
-                    "session": session,
-                    "npc": npc_id,
-                    "prefix_tokens": conv.prefix_tokens,
-                    "prefix_lore": conv.prefix_lore,
-                    "turns": [asdict(t) for t in conv.turns],
-                    "injected": sorted(conv.injected),
-                }
-                path = self._session_path(session, npc_id)
-                assert path is not None
-                self.context.save(key, path, meta)
-                n += 1
+                n += self._save_one(session, npc_id, conv)
         return n
+
+    def _save_one(self, session: str, npc_id: str, conv: Conversation) -> int:
+        """Write one conversation (caller holds ``model.lock``); 1 when written, 0 when it holds no state."""
+        key = self._key(session, npc_id)
+        if not self.context.cached_tokens(key):
+            return 0
+        meta = {
+            "prompt_version": PROMPT_VERSION,
+            "session": session,
+            "npc": npc_id,
+            "prefix_tokens": conv.prefix_tokens,
+            "prefix_lore": conv.prefix_lore,
+            "turns": [asdict(t) for t in conv.turns],
+            "injected": sorted(conv.injected),
+        }
+        path = self._session_path(session, npc_id)
+        assert path is not None
+        self.context.save(key, path, meta)
+        self._saved_at[(session, npc_id)] = time.monotonic()
+        return 1
+
+    def _autosave(self, session: str, npc_id: str, conv: Conversation) -> None:
+        """After a turn: save its conversation when ``context.save_every_s`` says so (0: every turn),
+        so a ``kill -9`` loses at most the turn in flight (or the last ``save_every_s`` seconds).
+        A failed write (disk full) is logged and the turn still counts: the old file stays intact."""
+        every = self.save_every_s
+        if self.sessions_dir is None or every is None:
+            return
+        if every > 0 and time.monotonic() - self._saved_at.get((session, npc_id), float("-inf")) < every:
+            return
+        try:
+            with self.model.lock:
+                self._save_one(session, npc_id, conv)
+        except (OSError, ModelError, KeyError) as exc:
+            self.save_errors += 1
+            log.error("could not save conversation %s/%s: %s (the previous save stays)", session, npc_id, exc)
 
     def reset(self, session: str, npc_id: str) -> None:
         """Forget a conversation (and its saved state). Raises `UnknownNpc` for an unknown NPC."""
@@ -309,6 +338,7 @@ class DialogueEngine:
             conv.injected.update(p.entry.id for p in new_lore)
             if first:
                 del conv.turns[:first]
+            self._autosave(session, npc_id, conv)
         return TurnResult(
             text=text,
             finish_reason=gen.finish_reason,

@@ -22,7 +22,7 @@ call                what it answers
 `explain`           why each entry is in or out of one turn
 `generate_quest`    one quest from a spec (the batch's generator)
 `watch_lore`        hot reload of the lore folder, as typed events
-`save_sessions`     persist conversations (shutdown)
+`save_sessions`     persist conversations (shutdown; turns also save their own, see ``context.save_every_s``)
 ==================  ===========================================================
 """
 
