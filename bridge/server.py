@@ -90,12 +90,18 @@ class SidecarServer:
         self.lore_dir: Path | None = None  # set by watch_lore(): hot reload while serving
         self._events = 0
         self.shutdown_reason: tuple[str, str] = ("stopping", "")  # (reason, message) of the shutdown event
+        self.auth = None  # the ZAP authenticator when CurveZMQ is on
 
     # ---- socket ----------------------------------------------------------
 
     def _open(self) -> zmq.asyncio.Socket:
         s = self.settings
+        curve = check_exposure(s)  # raises InsecureEndpoint before anything binds
         sock = self.ctx.socket(zmq.ROUTER)
+        if curve is not None:
+            self._start_zap(curve[1])
+            sock.curve_publickey, sock.curve_secretkey = curve[0]
+            sock.curve_server = True
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnect with the same routing id takes the route over
         sock.setsockopt(zmq.SNDHWM, s.send_hwm)
@@ -164,6 +170,15 @@ class SidecarServer:
             self.pending.pop(ident, None)
             self.gone.discard(ident)
 
+    def _start_zap(self, allowed_dir: Path) -> None:
+        """ZAP handler (pyzmq's `zmq.auth`): only clients whose public key is in `allowed_dir` get in."""
+        from zmq.auth.asyncio import AsyncioAuthenticator
+
+        self.auth = AsyncioAuthenticator(self.ctx)
+        self.auth.start()
+        self.auth.configure_curve(domain="*", location=str(allowed_dir))
+        log.info("CurveZMQ on: clients allowed from %s", allowed_dir)
+
     async def run(self) -> None:
         """Bind and serve until `stop` is called. Raises ``zmq.ZMQError`` if the endpoint cannot be bound."""
         self.sock = self._open()
@@ -193,6 +208,8 @@ class SidecarServer:
             if self.tasks:
                 await asyncio.wait(self.tasks, timeout=10)
             self.sock.close(linger=0)
+            if self.auth is not None:
+                self.auth.stop()
             self.executor.shutdown(wait=True, cancel_futures=True)
 
     def stop(self, message: str = "") -> None:
@@ -435,6 +452,57 @@ class SidecarServer:
                 )
         finally:
             self.streams.pop((ident, msg.id), None)
+
+
+class InsecureEndpoint(ValueError):
+    """A non-loopback endpoint without CurveZMQ (and without ``allow_insecure_remote``)."""
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether `endpoint` can only be reached from this machine (``tcp://127.*``, ``localhost``, ``[::1]``, ``ipc://``, ``inproc://``)."""
+    import ipaddress
+
+    scheme, _, rest = endpoint.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name or an interface (eth0, *): not provably loopback
+        return False
+
+
+def check_exposure(s: ServerSettings) -> tuple[tuple[bytes, bytes], Path] | None:
+    """The CurveZMQ setup the endpoint needs: ((public, secret) server key, allowed-clients folder), or None.
+
+    Raises:
+        InsecureEndpoint: a non-loopback endpoint without CurveZMQ and without ``allow_insecure_remote``,
+            or CurveZMQ half configured.
+    """
+    if s.curve_secret_key_file or s.curve_allowed_clients_dir:
+        if not (s.curve_secret_key_file and s.curve_allowed_clients_dir):
+            raise InsecureEndpoint("CurveZMQ needs both server.curve_secret_key_file and server.curve_allowed_clients_dir")
+        from zmq.auth import load_certificate
+
+        public, secret = load_certificate(s.curve_secret_key_file)
+        if secret is None:
+            raise InsecureEndpoint(f"{s.curve_secret_key_file} holds no secret key (give the .key_secret file `narrative keys` wrote)")
+        allowed = Path(s.curve_allowed_clients_dir)
+        if not allowed.is_dir():
+            raise InsecureEndpoint(f"server.curve_allowed_clients_dir {allowed} is not a folder")
+        return (public, secret), allowed
+    if is_loopback(s.endpoint):
+        return None
+    if s.allow_insecure_remote:
+        log.warning("serving %s WITHOUT authentication (server.allow_insecure_remote): anyone who reaches it can use the sidecar", s.endpoint)
+        return None
+    raise InsecureEndpoint(
+        f"refusing to bind {s.endpoint} without CurveZMQ: set server.curve_secret_key_file and server.curve_allowed_clients_dir "
+        "(`narrative keys` makes key pairs; see docs/security.md), or bind tcp://127.0.0.1, "
+        "or set server.allow_insecure_remote = true on a trusted network"
+    )
 
 
 class _PeerGone(Exception):
