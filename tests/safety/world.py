@@ -22,9 +22,14 @@ MIRA = LoreEntry(
 @dataclass
 class _Index:  # a fake: what the engine and the service read of a LoreIndex
     version: int = 1
+    entries: dict = field(default_factory=lambda: {NPC: MIRA})
+    sources: dict = field(default_factory=lambda: {NPC: "npcs/mira.md"})
 
     def npcs(self) -> list[LoreEntry]:
         return [MIRA]
+
+    def nearest(self, text: str, k: int) -> list[tuple[str, float]]:
+        return [(NPC, 0.5)]
 
 
 @dataclass
@@ -32,6 +37,11 @@ class OneNpcRetriever:
     """A fake retriever: one NPC (`MIRA`), no per-turn lore."""
 
     index: _Index = field(default_factory=_Index)
+    vector_k: int = 4
+    prefix_budget: int = 400
+
+    def tokens(self, entry: LoreEntry) -> int:
+        return len(entry.text.split())
 
     def npc(self, npc_id: str) -> LoreEntry:
         if npc_id != NPC:
