@@ -9,6 +9,7 @@
     narrative lore import FILE... --into DIR   SillyTavern World Info / cards (JSON, PNG, CHARX) -> lore files
     narrative lore export DIR --out FILE  lore folder -> SillyTavern World Info JSON
     narrative demo                        index samples/lore, start a sidecar, script two conversations
+    narrative keys NAME                   a CurveZMQ key pair, to serve other machines (docs/security.md)
     narrative batch samples/quests --out build/narrative   generate quest text (see narrative/batch)
 
 Settings come from ``--config FILE.toml``, ``NARRATIVE_*`` environment variables
@@ -45,9 +46,14 @@ e.g. NARRATIVE_DIALOGUE_MODEL__PATH=/models/Qwen3.5-27B-Q4_K_M.gguf"""
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.runtime import build_runtime
-    from bridge.server import SidecarServer, serve_forever
+    from bridge.server import InsecureEndpoint, SidecarServer, check_exposure, serve_forever
 
     s = settings_from_args(args)
+    try:
+        check_exposure(s.server)  # before loading anything: a non-loopback endpoint needs CurveZMQ
+    except InsecureEndpoint as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     rt = build_runtime(s, progress=True)
     if rt.report:
         print(f"lore: {rt.report.summary()}", file=sys.stderr)
@@ -107,6 +113,23 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 print(f"\nerror: {exc}", file=sys.stderr)
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Write a CurveZMQ key pair: NAME.key (public: give it away) and NAME.key_secret (keep it private)."""
+    import zmq.auth
+
+    args.dir.mkdir(parents=True, exist_ok=True)
+    public, secret = (args.dir / f"{args.name}.key", args.dir / f"{args.name}.key_secret")
+    if (public.exists() or secret.exists()) and not args.force:
+        print(f"error: {public} or {secret} exists (--force replaces them)", file=sys.stderr)
+        return 2
+    zmq.auth.create_certificates(str(args.dir), args.name)
+    secret.chmod(0o600)
+    print(f"public key: {public}\nsecret key: {secret} (keep it private)")
+    print("server: set server.curve_secret_key_file to the server's .key_secret and put each client's .key in "
+          "server.curve_allowed_clients_dir; clients need the server's .key and their own .key_secret (docs/security.md)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from app.demo import run_demo
 
@@ -132,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", help="sidecar endpoint (default tcp://127.0.0.1:5555)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the sidecar")
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("keys", help="make a CurveZMQ key pair (server or client) for a non-loopback sidecar")
+    p.add_argument("name", help="key name, e.g. server or a client's name")
+    p.add_argument("--dir", type=Path, default=Path("keys"), help="folder to write NAME.key and NAME.key_secret (default keys/)")
+    p.add_argument("--force", action="store_true", help="replace an existing pair")
+    p.set_defaults(func=cmd_keys)
 
     from app.lore_commands import register as add_lore_commands
 
@@ -182,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, permissions: files already written stay whole (atomic writes)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:

@@ -76,7 +76,7 @@ def compare_grammar(s, lore, quest_id: str, max_chars: int) -> list[tuple[str, s
     gen = QuestGenerator(s.batch_model, BatchOptions(max_chars=max_chars), lore)
     m = gen.model
     pr = gen.prompt(spec)
-    tokens = m.bos() + m.tokenize(m.format.system(pr.system) + m.format.user(pr.user) + m.format.assistant_open)
+    tokens = m.bos() + m.chat_tokens(m.format.system_pieces(pr.system) + m.format.user_pieces(pr.user, then_assistant=True))
     g = generate_json(m, tokens, generation_schema(spec, max_chars), max_tokens=600, temperature=0.7, seed=1)
     # The same chain as generate_json (penalty, top-k, top-p, temperature, seeded draw), no grammar,
     # capped at the same number of tokens; the prompt is evaluated first so only decoding is timed.

@@ -61,14 +61,14 @@ def ours(model: LlamaModel, system: str, other_system: str, threads: int) -> lis
     out = []
 
     def turn(key: str, prefix: list[int], history: list[int], line: str) -> list[int]:
-        user = model.tokenize(fmt.user(line) + fmt.assistant_open)
+        user = model.chat_tokens(fmt.user_pieces(line, then_assistant=True))
         prompt = history + user
         g = eng.generate(key, prompt, SamplingParams(temperature=0.0, top_p=1.0, top_k=0, repeat_penalty=1.0, seed=0), boundaries=(len(prefix), len(history)), max_tokens=GEN)
         out.append(g.ttft_ms) if key == "A" else None
-        return prompt + g.tokens + model.tokenize(fmt.assistant_close)
+        return prompt + g.tokens + model.marker_tokens(fmt.assistant_close)
 
-    pa = model.bos() + model.tokenize(fmt.system(system))
-    pb = model.bos() + model.tokenize(fmt.system(other_system))
+    pa = model.bos() + model.chat_tokens(fmt.system_pieces(system))
+    pb = model.bos() + model.chat_tokens(fmt.system_pieces(other_system))
     hist = list(pa)
     for line in LINES:
         hist = turn("A", pa, hist, line)
@@ -114,7 +114,7 @@ def run_case(name: str, path: str, lore_tokens: int, threads: int, with_baseline
         lore = lore_text(model, lore_tokens)
         system = "You are Mara Thorn, the harbor master of Cinderfen. Stay in character.\n\n" + lore
         other = "You are Oren, a smuggler of Cinderfen. Stay in character.\n\n" + lore_text(model, 300)
-        n_prefix = len(model.bos() + model.tokenize(model.format.system(system)))
+        n_prefix = len(model.bos() + model.chat_tokens(model.format.system_pieces(system)))
         a = ours(model, system, other, threads)
     finally:
         model.close()

@@ -22,11 +22,12 @@ from bridge import protocol as p
 class SidecarError(Exception):
     """The sidecar answered with an ``error`` message. ``code`` is a `bridge.protocol.ErrorCode`."""
 
-    def __init__(self, code: str, message: str, request_id: str) -> None:
+    def __init__(self, code: str, message: str, request_id: str, retry_after_ms: int | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.retry_after_ms = retry_after_ms  # with code 'busy': wait this long, then retry
 
 
 class SidecarTimeout(TimeoutError):
@@ -43,14 +44,28 @@ class SidecarClient:
     Args:
         endpoint: the sidecar's ROUTER endpoint.
         timeout_s: longest wait for any single message (a reply or the next chunk).
+        curve_server_key: the sidecar's public key file (``narrative keys``), for a CurveZMQ sidecar.
+        curve_client_secret: this client's secret key file (``.key_secret``); its public key must be
+            in the sidecar's allow-list folder.
+
+    A ``busy`` error (`SidecarError` with ``code`` ``busy``) carries ``retry_after_ms``: the sidecar's
+    queues are full; wait that long and send the request again.
     """
 
-    def __init__(self, endpoint: str = "tcp://127.0.0.1:5555", timeout_s: float = 120.0, context: zmq.Context | None = None) -> None:
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:5555", timeout_s: float = 120.0, context: zmq.Context | None = None,
+                 *, curve_server_key: str | None = None, curve_client_secret: str | None = None) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self._ctx = context or zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if curve_server_key or curve_client_secret:  # CurveZMQ (docs/security.md): both key files are needed
+            from zmq.auth import load_certificate
+
+            if not (curve_server_key and curve_client_secret):
+                raise ValueError("CurveZMQ needs the server's public key file and this client's secret key file")
+            self.sock.curve_serverkey = load_certificate(curve_server_key)[0]
+            self.sock.curve_publickey, self.sock.curve_secretkey = load_certificate(curve_client_secret)
         self.sock.connect(endpoint)
         self._pending: dict[str, deque] = defaultdict(deque)
 
@@ -118,7 +133,7 @@ class SidecarClient:
         self.send(msg)
         reply = self.recv(msg.id, timeout_s)
         if reply.type == "error":
-            raise SidecarError(reply.code, reply.message, reply.id)
+            raise SidecarError(reply.code, reply.message, reply.id, reply.retry_after_ms)
         return reply
 
     # ---- API -------------------------------------------------------------
@@ -160,7 +175,7 @@ class SidecarClient:
         while True:
             msg = self.recv(rid)
             if msg.type == "error":
-                raise SidecarError(msg.code, msg.message, msg.id)
+                raise SidecarError(msg.code, msg.message, msg.id, msg.retry_after_ms)
             yield msg
             if msg.type == "done":
                 return

@@ -33,6 +33,7 @@ class ErrorCode:
     BUSY = "busy"
     UNKNOWN_QUEST = "unknown_quest"  # generate: no spec with that quest id
     GENERATION_FAILED = "generation_failed"  # generate: no valid text after the bounded retries
+    CONTEXT_OVERFLOW = "context_overflow"  # say: max_tokens over ready.limits.max_tokens, or the line does not fit the context
     INTERNAL = "internal"
 
 
@@ -293,11 +294,13 @@ class GenerateResult(_Msg):
 
 
 class Error(_Msg):
-    """A request failed. ``id`` is the request's id, or ``"?"`` when it could not be read."""
+    """A request failed. ``id`` is the request's id, or ``"?"`` when the frame could not be read or its
+    ``id`` is not a string of 1..128 characters (`UNREADABLE_ID`)."""
 
     type: Literal["error"] = "error"
     code: str
     message: str
+    retry_after_ms: int | None = Field(None, ge=0, description="With code 'busy': wait at least this long before sending the request again.")
 
 
 Request = Annotated[Union[Hello, Say, Cancel, Reset, Ping, LoreQuery, LoreExplain, Generate], Field(discriminator="type")]
@@ -316,6 +319,15 @@ Message = Annotated[
 REQUEST_TYPES = frozenset({"hello", "say", "cancel", "reset", "ping", "lore.query", "lore.explain", "generate"})
 _request_adapter: TypeAdapter[Request] = TypeAdapter(Request)
 _message_adapter: TypeAdapter[Message] = TypeAdapter(Message)
+
+
+UNREADABLE_ID = "?"
+"""The ``id`` of an error answering a frame whose own ``id`` is missing or unusable (not a str of 1..128 chars)."""
+
+
+def usable_id(value: object) -> str:
+    """`value` when it can be echoed as a reply's ``id`` (a str of 1..128 chars), else `UNREADABLE_ID`."""
+    return value if isinstance(value, str) and 1 <= len(value) <= 128 else UNREADABLE_ID
 
 
 class ProtocolError(Exception):
@@ -346,7 +358,7 @@ def _unpack(frame: bytes, max_bytes: int | None) -> dict:
 
 
 def _validate(adapter: TypeAdapter, obj: dict, known: frozenset[str] | None):
-    rid = obj.get("id") if isinstance(obj.get("id"), str) else "?"
+    rid = usable_id(obj.get("id"))
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise ProtocolError(ErrorCode.INVALID, "field 'type': required string", rid)

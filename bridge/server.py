@@ -11,9 +11,18 @@ decoding thread and the sender (backpressure). Stopping (`stop`) also sends
 ``shutdown`` to every client before the socket closes.
 
 Peers that vanish: the socket is ``ZMQ_ROUTER_MANDATORY``, so a send to a
-disconnected client fails (``EHOSTUNREACH``) and its stream is cancelled;
-ZMTP heartbeats (``ZMQ_HEARTBEAT_IVL``/``_TIMEOUT``) make libzmq notice a dead
-TCP peer that never closed its connection.
+disconnected client fails (``EHOSTUNREACH``): its stream is cancelled and its
+queued requests are dropped before they reach the worker; ZMTP heartbeats
+(``ZMQ_HEARTBEAT_IVL``/``_TIMEOUT``) make libzmq notice a dead TCP peer that
+never closed its connection. ``ZMQ_ROUTER_HANDOVER``: a client reconnecting with
+the same routing id takes the route over at once.
+
+Hostile peers (issue 13): every send is non-blocking; a peer that does not read
+loses only its own replies (``ZMQ_SNDHWM``; counted in `stats`, logged once per
+peer). Admission control: requests that need the decode worker are bounded per
+connection (``max_queued_per_client``) and in all (``max_queued``); over either
+bound the request gets ``busy`` with ``retry_after_ms``. Nothing a frame holds can
+end the loop (`_dispatch` answers or drops every frame).
 """
 
 from __future__ import annotations
@@ -36,9 +45,10 @@ from narrative.service import EngineDead, LoreBroken, LoreChanged, NarrativeServ
 
 log = logging.getLogger(__name__)
 
+WORKER_TYPES = frozenset({"say", "reset", "lore.query", "lore.explain", "generate"})
+"""Request types that run on the decode worker: these are admission-controlled (``busy``)."""
+
 SERVER_NAME = "narrative-sidecar/0.1"
-WORKER_REQUESTS = frozenset({"reset", "lore.query", "lore.explain", "generate"})
-"""Requests whose handler waits for the decode worker thread: run as tasks, so the loop keeps answering."""
 _END = object()
 
 
@@ -73,17 +83,29 @@ class SidecarServer:
             "lore.explain": self._lore_explain,
             "generate": self._generate,
         }
-        self.peers: set[bytes] = set()  # identities that said hello: they get lore.changed / lore.error events
+        self.peers: dict[bytes, None] = {}  # identities that said hello (insertion-ordered, capped): they get events
+        self.pending: dict[bytes, int] = {}  # identity -> requests queued or running on the decode worker
+        self.gone: set[bytes] = set()  # identities a send found disconnected, while they still have pending work
+        self._slow: set[bytes] = set()  # identities whose dropped replies were logged (once per peer)
+        self.stats = {"dropped_replies": 0, "busy": 0, "dropped_departed": 0, "bad_frames": 0}
         self.lore_dir: Path | None = None  # set by watch_lore(): hot reload while serving
         self._events = 0
         self.shutdown_reason: tuple[str, str] = ("stopping", "")  # (reason, message) of the shutdown event
+        self.auth = None  # the ZAP authenticator when CurveZMQ is on
 
     # ---- socket ----------------------------------------------------------
 
     def _open(self) -> zmq.asyncio.Socket:
         s = self.settings
+        curve = check_exposure(s)  # raises InsecureEndpoint before anything binds
         sock = self.ctx.socket(zmq.ROUTER)
+        if curve is not None:
+            self._start_zap(curve[1])
+            sock.curve_publickey, sock.curve_secretkey = curve[0]
+            sock.curve_server = True
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnect with the same routing id takes the route over
+        sock.setsockopt(zmq.SNDHWM, s.send_hwm)
         sock.setsockopt(zmq.MAXMSGSIZE, s.hard_max_frame_bytes)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
@@ -94,15 +116,69 @@ class SidecarServer:
         return sock
 
     async def send(self, ident: bytes, msg: p._Msg) -> bool:
-        """Send one message to a peer; False when the peer is gone."""
+        """Send one message to a peer without blocking; False when it did not go out. Never raises.
+
+        A peer that is gone (``EHOSTUNREACH``) is marked so its queued requests are dropped;
+        a peer whose send queue is full (``zmq.Again``: it does not read) loses this reply,
+        counted in ``stats['dropped_replies']`` and logged once per peer.
+        """
         assert self.sock is not None
         try:
-            await self.sock.send_multipart([ident, p.encode(msg)])
+            await self.sock.send_multipart([ident, p.encode(msg)], flags=zmq.DONTWAIT)
             return True
+        except zmq.Again:
+            self.stats["dropped_replies"] += 1
+            if ident not in self._slow:
+                if len(self._slow) >= self.settings.max_peers:
+                    self._slow.clear()
+                self._slow.add(ident)
+                log.warning("peer %s does not read its replies: dropping them (counted in stats['dropped_replies'])", ident.hex())
+            return False
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
-                return False
-            raise
+                self._departed(ident)
+            else:
+                log.warning("send to %s failed: %s", ident.hex(), exc)
+            return False
+
+    def _departed(self, ident: bytes) -> None:
+        """`ident` is disconnected: cancel its streams; its queued requests are dropped when their turn comes."""
+        self.peers.pop(ident, None)
+        if self.pending.get(ident):
+            self.gone.add(ident)
+        for (who, _), cancel in list(self.streams.items()):
+            if who == ident:
+                cancel.set()
+
+    def queued(self) -> int:
+        """Requests queued or running on the decode worker, all connections together."""
+        return sum(self.pending.values())
+
+    def _admit(self, ident: bytes) -> int | None:
+        """Count one more worker request for `ident`; None when admitted, else the retry hint in ms (``busy``)."""
+        s = self.settings
+        if self.pending.get(ident, 0) >= s.max_queued_per_client or self.queued() >= s.max_queued:
+            self.stats["busy"] += 1
+            return s.busy_retry_ms
+        self.pending[ident] = self.pending.get(ident, 0) + 1
+        return None
+
+    def _release(self, ident: bytes) -> None:
+        n = self.pending.get(ident, 0) - 1
+        if n > 0:
+            self.pending[ident] = n
+        else:
+            self.pending.pop(ident, None)
+            self.gone.discard(ident)
+
+    def _start_zap(self, allowed_dir: Path) -> None:
+        """ZAP handler (pyzmq's `zmq.auth`): only clients whose public key is in `allowed_dir` get in."""
+        from zmq.auth.asyncio import AsyncioAuthenticator
+
+        self.auth = AsyncioAuthenticator(self.ctx)
+        self.auth.start()
+        self.auth.configure_curve(domain="*", location=str(allowed_dir))
+        log.info("CurveZMQ on: clients allowed from %s", allowed_dir)
 
     async def run(self) -> None:
         """Bind and serve until `stop` is called. Raises ``zmq.ZMQError`` if the endpoint cannot be bound."""
@@ -123,7 +199,10 @@ class SidecarServer:
                 if self.sock not in events:
                     continue
                 frames = await self.sock.recv_multipart()
-                await self._dispatch(frames)
+                try:
+                    await self._dispatch(frames)
+                except Exception:  # _dispatch answers everything; this is the last line of defence
+                    log.exception("frame from %s dropped", frames[0].hex() if frames else "?")
         finally:
             reason, message = self.shutdown_reason
             await self.broadcast(p.Shutdown(id=self._event_id(), reason=reason, message=message))
@@ -132,6 +211,8 @@ class SidecarServer:
             if self.tasks:
                 await asyncio.wait(self.tasks, timeout=10)
             self.sock.close(linger=0)
+            if self.auth is not None:
+                self.auth.stop()
             self.executor.shutdown(wait=True, cancel_futures=True)
 
     def stop(self, message: str = "") -> None:
@@ -153,28 +234,60 @@ class SidecarServer:
         """Run a blocking service call on the decode worker thread."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
+    async def _run_for(self, ident: bytes, fn, *args):
+        """`_run_blocking` for a request of `ident`: dropped (`_PeerGone`) if the peer left while it was queued."""
+
+        def job():
+            if ident in self.gone:
+                raise _PeerGone()
+            return fn(*args)
+
+        return await self._run_blocking(job)
+
     async def _dispatch(self, frames: list[bytes]) -> None:
+        """Answer one incoming message; never raises for anything a peer can send.
+
+        Rules: more or fewer than one payload frame -> ``bad_frame``; a frame that does not
+        decode -> its `ProtocolError` code, with id ``"?"`` when its own id is unusable;
+        a worker request over the admission bounds -> ``busy``; ping, hello and cancel
+        are answered inline; worker requests run as tasks (the loop keeps reading).
+        """
         ident = frames[0]
+        self.gone.discard(ident)  # it speaks: it is (again) connected
         if len(frames) != 2:
-            await self.send(ident, p.Error(id="?", code=p.ErrorCode.BAD_FRAME, message=f"expected 1 payload frame, got {len(frames) - 1}"))
+            self.stats["bad_frames"] += 1
+            await self.send(ident, p.Error(id=p.UNREADABLE_ID, code=p.ErrorCode.BAD_FRAME, message=f"expected 1 payload frame, got {len(frames) - 1}"))
             return
         try:
             msg = p.decode_request(frames[1], self.settings.max_frame_bytes)
         except p.ProtocolError as exc:
-            log.info("bad request from %s: %s", ident.hex(), exc.message)
-            await self.send(ident, p.Error(id=exc.request_id, code=exc.code, message=exc.message))
+            self.stats["bad_frames"] += 1
+            log.debug("bad request from %s: %s", ident.hex(), exc.message)
+            await self.send(ident, p.Error(id=p.usable_id(exc.request_id), code=exc.code, message=exc.message[:1000]))
             return
-        if msg.type in WORKER_REQUESTS:  # waits for the decode worker: never block the loop (ping, cancel) meanwhile
-            task = asyncio.create_task(self._handle(ident, msg))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-        else:
+        if msg.type not in WORKER_TYPES:
             await self._handle(ident, msg)
+            return
+        if msg.type == "say" and (ident, msg.id) in self.streams:
+            await self.send(ident, p.Error(id=msg.id, code=p.ErrorCode.INVALID, message=f"request id {msg.id!r} is already streaming"))
+            return
+        retry = self._admit(ident)
+        if retry is not None:
+            await self.send(ident, p.Error(id=msg.id, code=p.ErrorCode.BUSY, retry_after_ms=retry,
+                                           message=f"too many requests queued (this connection: {self.pending.get(ident, 0)}, all: {self.queued()}); retry later"))
+            return
+        if msg.type == "say":  # registered now, so a cancel right behind it finds it
+            self.streams[(ident, msg.id)] = threading.Event()
+        task = asyncio.create_task(self._handle(ident, msg, admitted=True))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
-    async def _handle(self, ident: bytes, msg: p._Msg) -> None:
-        """Run one request's handler; every failure becomes its error reply (the one place that maps them)."""
+    async def _handle(self, ident: bytes, msg, admitted: bool = False) -> None:
+        """Run one handler; map its errors onto wire errors (the one place that does)."""
         try:
             await self.handlers[msg.type](ident, msg)
+        except _PeerGone:
+            self.stats["dropped_departed"] += 1
         except ServiceError as exc:  # the one place a service error becomes a wire error
             await self.send(ident, _error(msg.id, exc))
         except EngineDead as exc:
@@ -183,11 +296,17 @@ class SidecarServer:
         except Exception as exc:  # a handler bug must not kill the loop
             log.exception("handler %s failed", msg.type)
             await self.send(ident, p.Error(id=msg.id, code=p.ErrorCode.INTERNAL, message=f"{type(exc).__name__}: {exc}"))
+        finally:
+            if admitted:
+                self._release(ident)
 
     # ---- handlers --------------------------------------------------------
 
     async def _hello(self, ident: bytes, msg: p.Hello) -> None:
-        self.peers.add(ident)
+        self.peers.pop(ident, None)
+        self.peers[ident] = None
+        while len(self.peers) > self.settings.max_peers:
+            self.peers.pop(next(iter(self.peers)))
         svc = self.service
         lim = svc.limits()
         limits = {"max_frame_bytes": self.settings.max_frame_bytes, "max_tokens": lim.max_tokens, "n_ctx": lim.n_ctx}
@@ -197,7 +316,7 @@ class SidecarServer:
         await self.send(ident, p.Pong(id=msg.id))
 
     async def _reset(self, ident: bytes, msg: p.Reset) -> None:
-        await self._run_blocking(self.service.reset, msg.session or ident.hex(), msg.npc)
+        await self._run_for(ident, self.service.reset, msg.session or ident.hex(), msg.npc)
         await self.send(ident, p.Ok(id=msg.id))
 
     async def _cancel(self, ident: bytes, msg: p.Cancel) -> None:
@@ -208,17 +327,17 @@ class SidecarServer:
         cancel.set()  # the target stream ends with done(finish_reason=cancelled)
 
     async def _lore_query(self, ident: bytes, msg: p.LoreQuery) -> None:
-        hits = await self._run_blocking(self.service.query_lore, msg.text, msg.npc)
+        hits = await self._run_for(ident, self.service.query_lore, msg.text, msg.npc)
         await self.send(ident, p.LoreResult(id=msg.id, entries=[p.LoreHit(**asdict(h)) for h in hits]))
 
     async def _lore_explain(self, ident: bytes, msg: p.LoreExplain) -> None:
-        d = await self._run_blocking(self.service.explain, msg.npc, msg.text, msg.history)
+        d = await self._run_for(ident, self.service.explain, msg.npc, msg.text, msg.history)
         await self.send(ident, p.LoreExplanation(id=msg.id, **asdict(d)))
 
     async def _generate(self, ident: bytes, msg: p.Generate) -> None:
         """One quest from a spec (``narrative batch``'s generator), on the decode worker; the batch model loads on first use."""
         source = msg.quest if msg.quest is not None else msg.spec
-        r = await self._run_blocking(lambda: self.service.generate_quest(source, seed=msg.seed, max_tokens=msg.max_tokens))
+        r = await self._run_for(ident, lambda: self.service.generate_quest(source, seed=msg.seed, max_tokens=msg.max_tokens))
         await self.send(
             ident,
             p.GenerateResult(
@@ -258,18 +377,11 @@ class SidecarServer:
                 log.info("event %s not delivered to %s: %s", msg.type, ident.hex(), exc)
                 ok = False
             if not ok:
-                self.peers.discard(ident)
+                self.peers.pop(ident, None)
 
     async def _say(self, ident: bytes, msg: p.Say) -> None:
-        key = (ident, msg.id)
-        if key in self.streams:
-            await self.send(ident, p.Error(id=msg.id, code=p.ErrorCode.INVALID, message=f"request id {msg.id!r} is already streaming"))
-            return
-        cancel = threading.Event()
-        self.streams[key] = cancel
-        task = asyncio.create_task(self._stream(ident, msg, cancel))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        """Stream one turn (the stream's cancel event was registered by `_dispatch`)."""
+        await self._stream(ident, msg, self.streams[(ident, msg.id)])
 
     async def _stream(self, ident: bytes, msg: p.Say, cancel: threading.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -280,6 +392,8 @@ class SidecarServer:
 
         def work():
             try:
+                if ident in self.gone:  # the peer left while this was queued: drop it unrun
+                    raise _PeerGone()
                 return self.service.turn(
                     msg.session or ident.hex(),
                     msg.npc,
@@ -309,6 +423,9 @@ class SidecarServer:
                         cancel.set()
             try:
                 result = await future
+            except _PeerGone:
+                self.stats["dropped_departed"] += 1
+                return
             except Exception as exc:
                 if isinstance(exc, EngineDead):
                     self._engine_dead(exc)
@@ -338,6 +455,61 @@ class SidecarServer:
                 )
         finally:
             self.streams.pop((ident, msg.id), None)
+
+
+class InsecureEndpoint(ValueError):
+    """A non-loopback endpoint without CurveZMQ (and without ``allow_insecure_remote``)."""
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether `endpoint` can only be reached from this machine (``tcp://127.*``, ``localhost``, ``[::1]``, ``ipc://``, ``inproc://``)."""
+    import ipaddress
+
+    scheme, _, rest = endpoint.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name or an interface (eth0, *): not provably loopback
+        return False
+
+
+def check_exposure(s: ServerSettings) -> tuple[tuple[bytes, bytes], Path] | None:
+    """The CurveZMQ setup the endpoint needs: ((public, secret) server key, allowed-clients folder), or None.
+
+    Raises:
+        InsecureEndpoint: a non-loopback endpoint without CurveZMQ and without ``allow_insecure_remote``,
+            or CurveZMQ half configured.
+    """
+    if s.curve_secret_key_file or s.curve_allowed_clients_dir:
+        if not (s.curve_secret_key_file and s.curve_allowed_clients_dir):
+            raise InsecureEndpoint("CurveZMQ needs both server.curve_secret_key_file and server.curve_allowed_clients_dir")
+        from zmq.auth import load_certificate
+
+        public, secret = load_certificate(s.curve_secret_key_file)
+        if secret is None:
+            raise InsecureEndpoint(f"{s.curve_secret_key_file} holds no secret key (give the .key_secret file `narrative keys` wrote)")
+        allowed = Path(s.curve_allowed_clients_dir)
+        if not allowed.is_dir():
+            raise InsecureEndpoint(f"server.curve_allowed_clients_dir {allowed} is not a folder")
+        return (public, secret), allowed
+    if is_loopback(s.endpoint):
+        return None
+    if s.allow_insecure_remote:
+        log.warning("serving %s WITHOUT authentication (server.allow_insecure_remote): anyone who reaches it can use the sidecar", s.endpoint)
+        return None
+    raise InsecureEndpoint(
+        f"refusing to bind {s.endpoint} without CurveZMQ: set server.curve_secret_key_file and server.curve_allowed_clients_dir "
+        "(`narrative keys` makes key pairs; see docs/security.md), or bind tcp://127.0.0.1, "
+        "or set server.allow_insecure_remote = true on a trusted network"
+    )
+
+
+class _PeerGone(Exception):
+    """A queued request whose peer left before the worker reached it: dropped without running."""
 
 
 def _error(request_id: str, exc: BaseException) -> p.Error:

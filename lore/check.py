@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from lore.loader import _FRONT, LoreProblem, _field_line, load_dir, normalize_text
-from lore.schema import Kind, LoreEntry
+from lore.schema import Kind, LoreEntry, parse_regex_key
 
 
 def _front(path: Path) -> str:
@@ -66,7 +66,42 @@ def check_dir(root: Path) -> list[LoreProblem]:
             problems.append(LoreProblem(path, _field_line(front, ("keys",)), "keys: empty on a non-constant entry (it can only be found by similarity); add keys, or set constant: true"))
         if not e.text.strip() and e.kind != Kind.npc:
             problems.append(LoreProblem(path, 0, "empty body: the entry injects only its name", "warning"))
+    for path, e in entries:
+        problems.extend(_regex_risks(path, e))
+        problems.extend(_oversized(path, e))
     return sorted(problems, key=lambda p: (str(p.path), p.line, p.message))
+
+
+OVERSIZED_WORDS = 5000
+"""Words over which an entry is reported: it alone takes ~6,500 tokens of a turn's lore budget
+(a few hundred by default), so it is cut or crowds everything else out; split it into entries."""
+
+
+def _regex_risks(path: Path, e: LoreEntry) -> list[LoreProblem]:
+    """Warnings for ``/regex/`` keys with nested quantifiers (catastrophic backtracking on player text)."""
+    from lore.regex_guard import MATCH_BUDGET_S, nested_quantifier
+
+    out = []
+    front = None
+    for fld in ("keys", "secondary_keys"):
+        for key in getattr(e, fld):
+            parsed = parse_regex_key(key)
+            part = nested_quantifier(parsed[0]) if parsed else None
+            if part:
+                front = _front(path) if front is None else front
+                out.append(LoreProblem(path, _line_of_value(front, fld, key[:20]),
+                                       f"{fld}: {key!r} has a nested quantifier {part!r}: matching can take exponential time on some lines "
+                                       f"(each match stops after {MATCH_BUDGET_S * 1000:.0f} ms and counts as no match); rewrite it without nesting",
+                                       "warning"))
+    return out
+
+
+def _oversized(path: Path, e: LoreEntry) -> list[LoreProblem]:
+    """A warning for an entry far over the recommended size (`OVERSIZED_WORDS`)."""
+    n = len(e.text.split())
+    if n <= OVERSIZED_WORDS:
+        return []
+    return [LoreProblem(path, 0, f"entry {e.id!r} has {n} words (recommended: under {OVERSIZED_WORDS}): it cannot fit a turn's lore budget; split it into several entries", "warning")]
 
 
 def problems_json(problems: list[LoreProblem]) -> str:

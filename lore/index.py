@@ -95,11 +95,15 @@ def chunk_entry(entry: LoreEntry, source: str, max_words: int) -> list[Chunk]:
         words += n
     if cur:
         pieces.append("\n\n".join(cur))
-    entry_json = entry.model_dump_json()
+    # the (format, source, entry JSON) head is hashed once and copied per chunk: linear in the entry's
+    # size (hashing the whole JSON for every chunk was quadratic), same ids as before
+    head = hashlib.sha256(f"{INDEX_FORMAT}\0{source}\0{entry.model_dump_json()}\0".encode())
     chunks = []
     for i, piece in enumerate(pieces or [entry.name]):
         text = piece if i == 0 else f"{entry.name}: {piece}"
-        digest = hashlib.sha256(f"{INDEX_FORMAT}\0{source}\0{entry_json}\0{i}\0{text}".encode()).hexdigest()[:32]
+        h = head.copy()
+        h.update(f"{i}\0{text}".encode())
+        digest = h.hexdigest()[:32]
         chunks.append(Chunk(id=digest, text=text, entry_id=entry.id, source=source, seq=i))
     return chunks
 

@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterable
 from functools import lru_cache
 
+from lore.regex_guard import BoundedPattern
 from lore.schema import LoreEntry, SelectiveLogic, compile_regex_key, parse_regex_key
 
 NO_SPACE_SCRIPTS = (
@@ -51,14 +52,14 @@ DEFAULT_WHOLE_WORDS = True
 
 
 @lru_cache(maxsize=65536)
-def key_pattern(key: str, case_sensitive: bool, whole_words: bool) -> re.Pattern[str]:
+def key_pattern(key: str, case_sensitive: bool, whole_words: bool) -> re.Pattern[str] | BoundedPattern:
     """The compiled pattern of one key under the given options (cached).
 
     Raises:
         lore.schema.UnsupportedRegex: a ``/regex/`` key Python cannot express (the schema rejects those on load).
     """
     if parse_regex_key(key) is not None:
-        return compile_regex_key(key)
+        return compile_regex_key(key)  # JavaScript syntax translated, a time budget per match (lore.regex_guard)
     flags = 0 if case_sensitive else re.IGNORECASE
     if whole_words:
         return re.compile(rf"{_EDGE_BEFORE}{re.escape(key)}{_EDGE_AFTER}", flags)

@@ -15,6 +15,8 @@ from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lore.regex_guard import BoundedPattern, compile_key
+
 ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 """ASCII ids (quest and step ids of `narrative.batch.spec`)."""
 ENTRY_ID = re.compile(r"[^\W_][\w.-]*")
@@ -261,8 +263,9 @@ def js_regex_to_python(pattern: str, flags: str = "") -> str:
     return "".join(out)
 
 
-def compile_regex_key(key: str) -> re.Pattern[str]:
-    """Compile a ``/pattern/flags`` key (JavaScript syntax, see `js_regex_to_python`).
+def compile_regex_key(key: str) -> BoundedPattern:
+    """Compile a ``/pattern/flags`` key (JavaScript syntax, see `js_regex_to_python`) with a time
+    budget per match (`lore.regex_guard.BoundedPattern`: a player's line cannot make it backtrack for minutes).
 
     Raises:
         UnsupportedRegex: not a regex key, or a pattern Python cannot express.
@@ -271,7 +274,7 @@ def compile_regex_key(key: str) -> re.Pattern[str]:
     if parsed is None:
         raise UnsupportedRegex("not a /regex/ key")
     try:
-        return re.compile(js_regex_to_python(parsed[0], parsed[1]), regex_flags(parsed[1]))
+        return compile_key(js_regex_to_python(parsed[0], parsed[1]), regex_flags(parsed[1]))
     except (re.error, ValueError, OverflowError) as exc:
         if isinstance(exc, UnsupportedRegex):
             raise

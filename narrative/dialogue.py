@@ -30,7 +30,7 @@ from pathlib import Path
 from lore.render import render_entry
 from lore.retrieve import Pick, Retriever
 from narrative.context import ContextEngine, StateMismatch
-from narrative.llm import LlamaModel, ModelError, SamplingParams
+from narrative.llm import ContextOverflow, LlamaModel, ModelError, SamplingParams
 from narrative.settings import ContextSettings, SamplingSettings
 from narrative.state_file import state_file_name
 
@@ -47,6 +47,22 @@ Never reveal what {name} keeps secret.
 {lore}"""
 
 TURN_TEMPLATE = """{lore}The player says: {line}"""
+
+
+def prefix_tokens(model: LlamaModel, text: str) -> list[int]:
+    """The system turn holding `text` (instructions, NPC card, static lore) as token ids, no BOS.
+
+    Only the chat template's markers become control tokens; `text` (written by designers, or
+    imported from cards found on the internet) is tokenized as plain text, so a ``<|im_start|>``
+    inside it stays text.
+    """
+    return model.chat_tokens(model.format.system_pieces(text))
+
+
+def turn_tokens(model: LlamaModel, text: str) -> list[int]:
+    """A user turn holding `text` (per-turn lore + the player's line) and the assistant header, as
+    token ids; the player's and the lore's text is tokenized as plain text (see `prefix_tokens`)."""
+    return model.chat_tokens(model.format.user_pieces(text, then_assistant=True))
 
 
 @dataclass
@@ -115,6 +131,9 @@ class DialogueEngine:
         self._lock = threading.Lock()
         self.context = ContextEngine(model, context)
         self.sessions_dir = Path(state_dir) / "sessions" if state_dir is not None and (context is None or context.persist) else None
+        self.save_every_s = (context or ContextSettings()).save_every_s
+        self._saved_at: dict[tuple[str, str], float] = {}
+        self.save_errors = 0  # failed autosaves (disk full...), for tests and stats
 
     @staticmethod
     def _key(session: str, npc_id: str) -> str:
@@ -129,7 +148,7 @@ class DialogueEngine:
         npc = picks[0].entry
         lore = "\n\n".join(render_entry(p.entry, speaker=p.entry.id == npc_id) for p in picks)
         text = SYSTEM_TEMPLATE.format(name=npc.name, lore=lore)
-        tokens = self.model.bos() + self.model.tokenize(self.model.format.system(text))
+        tokens = self.model.bos() + prefix_tokens(self.model, text)
         return Conversation(npc_id=npc_id, prefix_tokens=tokens, prefix_lore=[p.entry.id for p in picks], index_version=version)
 
     def conversation(self, session: str, npc_id: str) -> Conversation:
@@ -188,29 +207,55 @@ class DialogueEngine:
     def save_sessions(self) -> int:
         """Save every conversation that holds model state to ``state_dir/sessions``
         (tokens, checkpoints, sequence state, turns). Returns how many were saved;
-        0 without a state dir."""
+        0 without a state dir.
+
+        Raises:
+            OSError: a file cannot be written (disk full...); files already written stay, and
+                every old file stays as it was (atomic writes).
+        """
         if self.sessions_dir is None:
             return 0
         n = 0
         with self._lock, self.model.lock:
             for (session, npc_id), conv in self.conversations.items():
-                key = self._key(session, npc_id)
-                if not self.context.cached_tokens(key):
-                    continue
-                meta = {
-                    "prompt_version": PROMPT_VERSION,
-                    "session": session,
-                    "npc": npc_id,
-                    "prefix_tokens": conv.prefix_tokens,
-                    "prefix_lore": conv.prefix_lore,
-                    "turns": [asdict(t) for t in conv.turns],
-                    "injected": sorted(conv.injected),
-                }
-                path = self._session_path(session, npc_id)
-                assert path is not None
-                self.context.save(key, path, meta)
-                n += 1
+                n += self._save_one(session, npc_id, conv)
         return n
+
+    def _save_one(self, session: str, npc_id: str, conv: Conversation) -> int:
+        """Write one conversation (caller holds ``model.lock``); 1 when written, 0 when it holds no state."""
+        key = self._key(session, npc_id)
+        if not self.context.cached_tokens(key):
+            return 0
+        meta = {
+            "prompt_version": PROMPT_VERSION,
+            "session": session,
+            "npc": npc_id,
+            "prefix_tokens": conv.prefix_tokens,
+            "prefix_lore": conv.prefix_lore,
+            "turns": [asdict(t) for t in conv.turns],
+            "injected": sorted(conv.injected),
+        }
+        path = self._session_path(session, npc_id)
+        assert path is not None
+        self.context.save(key, path, meta)
+        self._saved_at[(session, npc_id)] = time.monotonic()
+        return 1
+
+    def _autosave(self, session: str, npc_id: str, conv: Conversation) -> None:
+        """After a turn: save its conversation when ``context.save_every_s`` says so (0: every turn),
+        so a ``kill -9`` loses at most the turn in flight (or the last ``save_every_s`` seconds).
+        A failed write (disk full) is logged and the turn still counts: the old file stays intact."""
+        every = self.save_every_s
+        if self.sessions_dir is None or every is None:
+            return
+        if every > 0 and time.monotonic() - self._saved_at.get((session, npc_id), float("-inf")) < every:
+            return
+        try:
+            with self.model.lock:
+                self._save_one(session, npc_id, conv)
+        except (OSError, ModelError, KeyError) as exc:
+            self.save_errors += 1
+            log.error("could not save conversation %s/%s: %s (the previous save stays)", session, npc_id, exc)
 
     def reset(self, session: str, npc_id: str) -> None:
         """Forget a conversation (and its saved state). Raises `UnknownNpc` for an unknown NPC."""
@@ -252,7 +297,7 @@ class DialogueEngine:
         if lore_text:
             lore_text = "What you know that bears on this:\n" + lore_text
         fmt = self.model.format
-        user_tokens = self.model.tokenize(fmt.user(TURN_TEMPLATE.format(lore=lore_text, line=line)) + fmt.assistant_open)
+        user_tokens = turn_tokens(self.model, TURN_TEMPLATE.format(lore=lore_text, line=line))
         s = self.sampling
         max_tokens = max_tokens or s.max_tokens
         first = 0
@@ -265,6 +310,11 @@ class DialogueEngine:
                 first += 1
                 history = conv.tokens(first)
         prompt = history + user_tokens
+        # what a client may ask (NarrativeService.limits) is served: a turn that still does not fit after
+        # dropping the old turns generates what fits (finish_reason 'length'); none fitting is ContextOverflow
+        max_tokens = min(max_tokens, self.model.n_ctx - len(prompt))
+        if max_tokens < 1:
+            raise ContextOverflow(f"the prefix and this line take {len(prompt)} tokens of the {self.model.n_ctx} a conversation has")
         with self.model.lock:
             gen = self.context.generate(
                 self._key(session, npc_id),
@@ -283,11 +333,12 @@ class DialogueEngine:
             )
         text = gen.text.strip()
         if gen.finish_reason != "cancelled":
-            close = self.model.tokenize(fmt.assistant_close)
+            close = self.model.marker_tokens(fmt.assistant_close)
             conv.turns.append(TurnRecord(line, text, [p.entry.id for p in new_lore], user_tokens + gen.tokens + close))
             conv.injected.update(p.entry.id for p in new_lore)
             if first:
                 del conv.turns[:first]
+            self._autosave(session, npc_id, conv)
         return TurnResult(
             text=text,
             finish_reason=gen.finish_reason,

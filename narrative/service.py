@@ -7,7 +7,7 @@ index are blocking: the server runs them on its decode worker thread.
 
 Errors: every request-level failure is a `ServiceError` whose ``code`` is the
 wire error code of ``bridge/PROTOCOL.md`` (``unknown_npc``, ``unknown_quest``,
-``invalid``, ``generation_failed``), so the server maps all of them in one
+``invalid``, ``generation_failed``, ``context_overflow``), so the server maps all of them in one
 place. `EngineDead` is the fatal family (vLLM's ``EngineDeadError``): the model
 can serve no further request, and the server tells every client before it stops.
 
@@ -22,7 +22,7 @@ call                what it answers
 `explain`           why each entry is in or out of one turn
 `generate_quest`    one quest from a spec (the batch's generator)
 `watch_lore`        hot reload of the lore folder, as typed events
-`save_sessions`     persist conversations (shutdown)
+`save_sessions`     persist conversations (shutdown; turns also save their own, see ``context.save_every_s``)
 ==================  ===========================================================
 """
 
@@ -87,6 +87,13 @@ class GenerationFailedError(ServiceError):
     """No valid text after the bounded retries; the message gives each attempt's reason."""
 
     code = "generation_failed"
+
+
+class ContextOverflowError(ServiceError):
+    """The turn cannot fit: ``max_tokens`` is over `Limits.max_tokens`, or the NPC's prefix and this
+    line alone leave no room in the conversation's context."""
+
+    code = "context_overflow"
 
 
 class EngineDead(Exception):
@@ -202,7 +209,11 @@ class NarrativeService:
         return [e.id for e in self.engine.retriever.index.npcs()] if self.engine is not None else []
 
     def limits(self) -> Limits:
-        return Limits(max_tokens=MAX_TOKENS, n_ctx=self.engine.model.n_ctx if self.engine is not None else 0)
+        """What is servable: ``max_tokens`` is at most half a conversation's context (`MAX_TOKENS`
+        at most), so a turn asking for it always fits once old turns are dropped; a longer
+        conversation's turn may end earlier (``length``) when the prefix leaves less room."""
+        n_ctx = self.engine.model.n_ctx if self.engine is not None else 0
+        return Limits(max_tokens=min(MAX_TOKENS, n_ctx // 2), n_ctx=n_ctx)
 
     def turn(
         self,
@@ -221,11 +232,17 @@ class NarrativeService:
         Raises:
             UnknownNpcError: `npc` is not an NPC (raised before any token).
             narrative.llm.ModelError: the model failed on this turn (the server answers ``internal``).
+            ContextOverflowError: `max_tokens` is over `limits`, or the line cannot fit at all.
             EngineDead: the `FATAL_AFTER`-th turn in a row failed inside the model.
         """
+        limit = self.limits().max_tokens
+        if max_tokens is not None and max_tokens > limit:
+            raise ContextOverflowError(f"max_tokens {max_tokens} is over this sidecar's limit of {limit} (ready.limits.max_tokens)")
         try:
             with _domain_errors():
                 result = self._dialogue().turn(session, npc, line, max_tokens=max_tokens, temperature=temperature, seed=seed, cancel=cancel, on_text=on_text)
+        except ContextOverflow as exc:
+            raise ContextOverflowError(str(exc)) from None
         except ModelError as exc:
             if not isinstance(exc, ContextOverflow):
                 self._failures += 1

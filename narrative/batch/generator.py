@@ -188,14 +188,15 @@ class QuestGenerator:
             UnknownEntry: the spec names an entry the lore does not have.
             narrative.llm.ModelError: the model cannot be loaded.
         """
-        from narrative.llm import generate_json
+        from narrative.llm import GrammarRefused, generate_json
 
         opts = opts or self.options
         prompt = self.prompt(spec, opts)
         comps = self.components(spec, prompt, opts)
         key = comps.key
         model = self.model
-        tokens = model.tokenize(model.format.system(prompt.system) + model.format.user(prompt.user) + model.format.assistant_open)
+        # spec and lore text (cards may come from the internet) as plain text; only the template's markers are control tokens
+        tokens = model.chat_tokens(model.format.system_pieces(prompt.system) + model.format.user_pieces(prompt.user, then_assistant=True))
         tokens = model.bos() + tokens
         schema = generation_schema(spec, opts.max_chars)
         budget = min(opts.max_tokens, model.n_ctx - len(tokens) - 64)
@@ -207,7 +208,11 @@ class QuestGenerator:
         best: Attempt | None = None
         for n in range(1, opts.retries + 2):
             seed = self.seed_of(opts) + n - 1
-            g = generate_json(model, tokens, schema, opts.params(seed), max_tokens=budget)
+            try:
+                g = generate_json(model, tokens, schema, opts.params(seed), max_tokens=budget)
+            except GrammarRefused as exc:  # this item cannot be generated; the batch goes on
+                result.error = str(exc)
+                return result
             meta = QuestMeta(key=key, model=model.name, seed=seed, prompt_version=PROMPT_VERSION, attempt=n)
             try:
                 if g.finish_reason != "stop":

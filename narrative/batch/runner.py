@@ -187,8 +187,13 @@ def run_batch(
                 r.reasons = it.reasons
                 if r.quest is not None and r.status != "failed":
                     data = r.quest.dump()
-                    atomic_write(out / "quests" / f"{spec.id}.json", data)  # the output first ...
-                    manifest.record(spec.id, _record(r, it.components, data))  # ... then its record
+                    try:
+                        atomic_write(out / "quests" / f"{spec.id}.json", data)  # the output first ...
+                    except OSError as exc:  # disk full, read-only folder: this item fails, its old file stays
+                        r.status, r.error = "failed", f"cannot write quests/{spec.id}.json: {exc.strerror or exc}"
+                        log.error("%s: %s", spec.id, r.error)
+                    else:
+                        manifest.record(spec.id, _record(r, it.components, data))  # ... then its record
                 tokens_done += r.completion_tokens
                 decode_s += r.decode_ms / 1000
                 if bar is not None:

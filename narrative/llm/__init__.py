@@ -19,7 +19,7 @@ a model (see `app.cli`).
 
 from narrative.llm.chat_format import ChatFormat
 from narrative.llm.embedder import LlamaEmbedder
-from narrative.llm.errors import ContextOverflow, KvCacheFull, ModelError, StateError
+from narrative.llm.errors import ContextOverflow, GrammarRefused, KvCacheFull, ModelError, StateError
 from narrative.llm.json_gen import JSON_GENERATOR, JsonGeneration, generate_json, json_schema_grammar
 from narrative.llm.model import Generation, LlamaModel, Sampler, read_model_metadata, resolve_model_path
 from narrative.llm.sampling import SamplingParams
@@ -28,6 +28,7 @@ __all__ = [
     "ChatFormat",
     "ContextOverflow",
     "Generation",
+    "GrammarRefused",
     "JSON_GENERATOR",
     "JsonGeneration",
     "KvCacheFull",
@@ -39,6 +40,18 @@ __all__ = [
     "StateError",
     "generate_json",
     "json_schema_grammar",
+    "load_backend",
     "read_model_metadata",
     "resolve_model_path",
 ]
+
+
+def load_backend() -> bool:
+    """Import ``llama_cpp`` now; call it first at an entry point, before anything imports numpy
+    (chromadb, gguf): on a CUDA build, numpy loaded first makes model loading crash in the CUDA
+    backend. Returns False when llama-cpp-python is not installed (commands without a model still run)."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -32,6 +32,15 @@ class ChatFormat:
     def user(self, text: str) -> str:
         return f"{self.user_open}{text}{self.user_close}"
 
+    def system_pieces(self, text: str) -> list[tuple[str, bool]]:
+        """A system turn as ``(text, is_marker)`` pieces: only the markers may become special tokens."""
+        return [(self.system_open, True), (text, False), (self.system_close, True)]
+
+    def user_pieces(self, text: str, *, then_assistant: bool = False) -> list[tuple[str, bool]]:
+        """A user turn as ``(text, is_marker)`` pieces (optionally followed by the assistant header)."""
+        close = self.user_close + (self.assistant_open if then_assistant else "")
+        return [(self.user_open, True), (text, False), (close, True)]
+
     @staticmethod
     def from_template(template: str | None) -> "ChatFormat":
         """Pick the format for a Jinja chat template.

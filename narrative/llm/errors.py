@@ -17,3 +17,10 @@ class KvCacheFull(ModelError):
 
 class StateError(ModelError):
     """A sequence state could not be read or written (``llama_state_seq_*`` returned 0)."""
+
+
+class GrammarRefused(ModelError):
+    """llama.cpp refused a grammar (e.g. a repetition over its limit of 2000, from a large ``maxLength``).
+
+    Sampling with a refused grammar dereferences a NULL sampler (SIGSEGV), so this is raised before.
+    """

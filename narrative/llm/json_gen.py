@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from narrative.llm.errors import ContextOverflow, ModelError
+from narrative.llm.errors import ContextOverflow, GrammarRefused, ModelError
 from narrative.llm.model import LlamaModel
 from narrative.llm.sampling import SamplingParams
 
@@ -84,6 +84,22 @@ def json_schema_grammar(schema: dict):
     return llama_cpp.LlamaGrammar.from_string(gbnf.replace(_PORT_CHAR_RULE, _UPSTREAM_CHAR_RULE), verbose=False)
 
 
+def _check_grammar(model: LlamaModel, grammar) -> None:
+    """Build the grammar sampler once and free it: llama.cpp returns NULL for a grammar it refuses
+    (and logs why), and ``Llama.generate`` would add that NULL to its sampler chain and crash.
+
+    Raises:
+        GrammarRefused: llama.cpp refused the grammar.
+    """
+    import llama_cpp
+
+    sampler = llama_cpp.llama_sampler_init_grammar(model.llm._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8"))
+    if not sampler:
+        raise GrammarRefused("llama.cpp refused the output grammar (a length limit over its repetition limit of 2000 characters? "
+                             "lower the spec's limits)")
+    llama_cpp.llama_sampler_free(sampler)
+
+
 def generate_json(
     model: LlamaModel,
     prompt: Sequence[int],
@@ -118,6 +134,8 @@ def generate_json(
 
     Raises:
         ContextOverflow: ``len(prompt) + max_tokens`` exceeds ``model.n_ctx``.
+        GrammarRefused: llama.cpp refuses the schema's grammar (a ``maxLength``
+            over its repetition limit, ...); checked before sampling, which would crash.
         ModelError: empty prompt, a seed of 0xFFFFFFFF (llama.cpp's "random
             seed"), or the schema cannot be turned into a grammar.
     """
@@ -130,6 +148,7 @@ def generate_json(
     if seed == 0xFFFFFFFF:
         raise ModelError("seed 0xFFFFFFFF means a random seed to llama.cpp; pick another")
     grammar = json_schema_grammar(schema)
+    _check_grammar(model, grammar)
     llm = model.llm
     out: list[int] = []
     finish = "length"

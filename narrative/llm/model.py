@@ -12,6 +12,7 @@ import ctypes
 import importlib.util
 import logging
 import os
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -200,9 +201,11 @@ class LlamaModel:
         self.n_decoded = 0  # prompt + generated tokens fed to llama_decode by this object (a counter for tests and stats)
         self.memory_owner: object | None = None  # the narrative.context.ContextEngine whose conversations the sequences hold
         self._fingerprint: dict | None = None
+        self._specials: dict[int, str] | None = None  # CONTROL / USER_DEFINED token id -> text (`_special_ids`)
+        self._specials_re = None
         self.format = ChatFormat.from_template(self.llm.metadata.get("tokenizer.chat_template"))
         self.arch = self.llm.metadata.get("general.architecture", "?")
-        self._stop_ids = {t for s in self.format.stop_strings for t in self.tokenize(s)} if self.format.stop_strings else set()
+        self._stop_ids = {t for s in self.format.stop_strings for t in self.marker_tokens(s)} if self.format.stop_strings else set()
 
     @property
     def n_ctx(self) -> int:
@@ -216,9 +219,67 @@ class LlamaModel:
     def name(self) -> str:
         return self.path.name
 
-    def tokenize(self, text: str) -> list[int]:
-        """Text -> token ids, with special tokens (``<|im_start|>`` etc.) parsed, no BOS added."""
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        """Text -> token ids, no BOS added.
+
+        ``special=False`` (the default) tokenizes ``<|im_start|>`` and the like as plain text:
+        use it for everything a player, a designer or an imported card wrote (issue 13: a
+        player line must not forge a system turn). ``special=True`` parses control tokens:
+        only for the chat template's own markers (`chat_tokens`, `marker_tokens`).
+        """
+        toks = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+        if special or not self._special_ids().intersection(toks):
+            return toks
+        # llama.cpp matches USER_DEFINED tokens (Qwen's <think>, <tool_call>, </s>) even with
+        # parse_special off: cut each occurrence after its first character, so it stays text
+        out: list[int] = []
+        pos = 0
+        for m in self._special_re().finditer(text):
+            out += self._plain(text[pos:m.start()]) + self._plain(m.group()[:1]) + self._plain(m.group()[1:])
+            pos = m.end()
+        out += self._plain(text[pos:])
+        if self._special_ids().intersection(out):  # overlapping markers: one character at a time is always text
+            out = [t for ch in text for t in self._plain(ch)]
+        return out
+
+    def _plain(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False) if text else []
+
+    def _special_ids(self) -> frozenset[int]:
+        """Ids of the vocab's CONTROL and USER_DEFINED tokens (computed once: ~0.1-0.3 s on a 150k vocab)."""
+        if self._specials is None:
+            import llama_cpp
+
+            mask = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+            found = {}
+            for i in range(llama_cpp.llama_vocab_n_tokens(self._vocab)):
+                if llama_cpp.llama_vocab_get_attr(self._vocab, i) & mask:
+                    t = llama_cpp.llama_vocab_get_text(self._vocab, i).decode("utf-8", errors="replace")
+                    if t:
+                        found[i] = t
+            self._specials = found
+        return frozenset(self._specials)
+
+    def _special_re(self) -> re.Pattern[str]:
+        if self._specials_re is None:
+            self._special_ids()
+            assert self._specials is not None
+            texts = sorted(set(self._specials.values()), key=len, reverse=True)
+            self._specials_re = re.compile("|".join(re.escape(t) for t in texts))
+        return self._specials_re
+
+    def marker_tokens(self, marker: str) -> list[int]:
+        """A chat template marker (``<|im_end|>\\n`` ...) -> token ids, control tokens parsed."""
+        return self.tokenize(marker, special=True)
+
+    def chat_tokens(self, pieces: Sequence[tuple[str, bool]]) -> list[int]:
+        """``(text, is_marker)`` pieces (`ChatFormat.system_pieces`, `user_pieces`) -> token ids:
+        markers with control tokens parsed, everything else as plain text."""
+        out: list[int] = []
+        for text, is_marker in pieces:
+            if text:
+                out.extend(self.tokenize(text, special=is_marker))
+        return out
 
     def bos(self) -> list[int]:
         """The BOS token as a list when the model adds one, else []."""

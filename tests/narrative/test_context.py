@@ -52,9 +52,9 @@ def greedy(engine: ContextEngine, key: str, prompt: list[int], boundaries=()):
 def parts(model: LlamaModel):
     """(stable prefix, turn A, turn B) as token lists in the model's chat format."""
     fmt = model.format
-    prefix = model.bos() + model.tokenize(fmt.system("You are Mara, the harbor master.\n\n" + LORE * 3))
-    a = model.tokenize(fmt.user("Who runs the docks?") + fmt.assistant_open)
-    b = model.tokenize(fmt.user("Tell me about the salt tunnels.") + fmt.assistant_open)
+    prefix = model.bos() + model.chat_tokens(fmt.system_pieces("You are Mara, the harbor master.\n\n" + LORE * 3))
+    a = model.chat_tokens(fmt.user_pieces("Who runs the docks?", then_assistant=True))
+    b = model.chat_tokens(fmt.user_pieces("Tell me about the salt tunnels.", then_assistant=True))
     return prefix, a, b
 
 
@@ -102,7 +102,7 @@ def test_next_turn_decodes_only_new_tokens_and_regenerate_matches(models, name):
     prefix, a, b = parts(m)
     e = fresh_engine(m)
     g1 = greedy(e, "npc", prefix + a, boundaries=[len(prefix)])
-    close = m.tokenize(m.format.assistant_close)
+    close = m.marker_tokens(m.format.assistant_close)
     history = prefix + a + g1.tokens + close
     before = m.n_decoded
     g2 = greedy(e, "npc", history + b, boundaries=[len(prefix), len(history)])
@@ -124,8 +124,8 @@ def test_switching_npcs_keeps_their_prefixes(models, name):
     """n_seq_max=2: A and B stay hot side by side; C evicts the least recent into the RAM store."""
     m = models[name]
     pa, a, b = parts(m)
-    pb = m.bos() + m.tokenize(m.format.system("You are Oren, a smuggler.\n\n" + LORE * 2))
-    pc = m.bos() + m.tokenize(m.format.system("You are Ilse, a priest.\n\n" + LORE * 2))
+    pb = m.bos() + m.chat_tokens(m.format.system_pieces("You are Oren, a smuggler.\n\n" + LORE * 2))
+    pc = m.bos() + m.chat_tokens(m.format.system_pieces("You are Ilse, a priest.\n\n" + LORE * 2))
     e = fresh_engine(m)
     greedy(e, "A", pa + a, [len(pa)])
     greedy(e, "B", pb + a, [len(pb)])
@@ -157,7 +157,7 @@ def test_saved_session_restores_without_decoding(models, name, tmp_path):
     prefix, a, b = parts(m)
     e = fresh_engine(m)
     g1 = greedy(e, "npc", prefix + a, [len(prefix)])
-    history = prefix + a + g1.tokens + m.tokenize(m.format.assistant_close)
+    history = prefix + a + g1.tokens + m.marker_tokens(m.format.assistant_close)
     path = tmp_path / "npc.ctx"
     size = e.save("npc", path, meta={"npc": "mara"})
     assert size > 0

@@ -39,7 +39,7 @@ def test_conversation_survives_a_restart(runtime, tmp_path):
     assert [t.player for t in conv.turns] == ["Who runs the docks?"] and conv.turns[0].reply == r1.text
     r2 = e2.turn("player-7", "odile-brask", "And the salt tunnels?", max_tokens=8, temperature=0.0)
     assert r2.cached_tokens == len(held)  # the prefix and turn 1 were not decoded again
-    never_fed = len(m.tokenize(m.format.assistant_close)) + 1  # the close tag, and the last sampled token of a 'length' finish
+    never_fed = len(m.marker_tokens(m.format.assistant_close)) + 1  # the close tag, and the last sampled token of a 'length' finish
     assert len(held) >= len(conv.prefix_tokens) + len(conv.turns[0].tokens) - never_fed
 
     e2.reset("player-7", "odile-brask")

@@ -37,7 +37,7 @@ def model(request, fixture_paths):
 
 def prompt(m: LlamaModel) -> list[int]:
     text = m.format.system("Write JSON.") + m.format.user("A quest about eels.") + m.format.assistant_open
-    return m.bos() + m.tokenize(text)
+    return m.bos() + m.tokenize(text, special=True)  # only the template's markers and plain text here
 
 
 def test_grammar_keeps_schema_order_and_excludes_raw_control_characters():
