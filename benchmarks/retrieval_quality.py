@@ -127,7 +127,7 @@ def run_sweep() -> list[str]:
 
 def make_embedder(name: str, threads: int):
     """(embedder, description) of one candidate, or (None, why not)."""
-    from narrative.models import LlamaEmbedder
+    from narrative.llm import LlamaEmbedder
     from narrative.settings import EmbeddingSettings
 
     if name == "smollm2":
