@@ -36,7 +36,7 @@ location: lowmarket
 objective: Fetch a basket of ember-eels from the Lowmarket stalls for the inn's pie.
 stages: [offer, complete]
 """
-OPTIONS = BatchOptions(max_chars=24, max_tokens=200, retries=0, lore_budget=200)
+OPTIONS = BatchOptions(max_chars=24, max_tokens=200, retries=0, lore_budget=200, quality_gate=False)  # about the index, not the text
 
 
 @pytest.fixture

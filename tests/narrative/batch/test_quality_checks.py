@@ -78,7 +78,8 @@ def test_the_spec_language_decides():
 def test_the_report_lists_each_reason_with_a_count(tmp_path):
     from narrative.batch.checks import Finding
     from narrative.batch.report import write_batch_report
-    from narrative.batch.runner import Attempt, BatchSummary, ItemResult
+    from narrative.batch.generator import Attempt, ItemResult
+    from narrative.batch.report import BatchSummary
 
     def f(check: str) -> Finding:
         return Finding("q", "dialogue.offer", check, "error", "x")

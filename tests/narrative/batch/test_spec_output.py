@@ -123,7 +123,8 @@ def test_manifest_reasons_and_atomic_write(tmp_path):
 
 
 def test_only_with_an_unknown_quest_id_is_a_usage_error(tmp_path, capsys):
-    from narrative.batch.runner import BatchOptions, UnknownQuest, run_batch
+    from narrative.batch.generator import BatchOptions
+    from narrative.batch.runner import UnknownQuest, run_batch
     from app.cli import main
     from app.settings import load_settings
 
