@@ -468,7 +468,7 @@ class ContextEngine:
         turn.conv = conv
         turn.phase = "prefill"
         conv.busy = turn
-        turn._sampler = m.sampler(turn.params)
+        turn._sampler = m.sampler(turn.params) if turn.params.temperature > 0 else None
         turn._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.stats.prompt_tokens += len(prompt)
         self.active.append(turn)
@@ -551,7 +551,10 @@ class ContextEngine:
     def _sample(self, t: ActiveTurn, index: int) -> bool:
         """Sample `t`'s next token from the logits at batch `index`; True when the turn ends here."""
         m = self.model
-        tok = t._sampler.sample(index)
+        if t.params.temperature <= 0:
+            tok = m.argmax(index)  # greedy: no sampler chain (same token, see LlamaModel.argmax)
+        else:
+            tok = t._sampler.sample(index)
         if t.t_first is None:
             t.t_first = time.perf_counter()
         if m.is_stop(tok):

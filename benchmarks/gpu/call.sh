@@ -12,7 +12,7 @@ if [ ! -f $W/started ]; then
   mkdir -p $W/logs $W/models $W/kit $W/proj && touch $W/started
   cp -r $KIT/whl $KIT/vocab $KIT/lcpp_src.tar.gz $W/kit/
   if [ -d $KIT/proj ]; then cp -r $KIT/proj/. $W/proj/; else tar cf - --exclude=./.gpu --exclude=./.git . | tar xf - -C $W/proj; fi
-  setsid nohup bash $W/proj/benchmarks/gpu/pipeline.sh > $W/logs/pipeline.out 2>&1 < /dev/null &
+  setsid nohup bash $W/proj/benchmarks/gpu/${PIPELINE:-pipeline.sh} > $W/logs/pipeline.out 2>&1 < /dev/null &
   echo "pipeline started"
 fi
 end=$((SECONDS+WAIT))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import mmap
 import logging
 import threading
 from collections.abc import Sequence
@@ -167,10 +168,18 @@ class StateBuffer:
     buffer goes back to its model's pool and must not be read any more.
     """
 
-    __slots__ = ("buf", "n", "refs", "_pool")
+    __slots__ = ("buf", "n", "refs", "_pool", "_map")
 
     def __init__(self, capacity: int, pool: "_StatePool | None" = None) -> None:
-        self.buf = (ctypes.c_uint8 * max(1, capacity))()
+        # anonymous mmap: zero pages on first touch (no memset of 150 MiB up front), and on Linux
+        # transparent huge pages, so llama.cpp's first write faults 2 MiB pages, not 4 KiB ones
+        self._map = mmap.mmap(-1, max(1, capacity))
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            try:
+                self._map.madvise(mmap.MADV_HUGEPAGE)
+            except OSError:
+                pass
+        self.buf = (ctypes.c_uint8 * max(1, capacity)).from_buffer(self._map)
         self.n = 0
         self.refs = 1
         self._pool = pool
@@ -266,6 +275,7 @@ class LlamaModel:
         self._ctx = self.llm._ctx.ctx
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self._vocab = self.llm._model.vocab
+        self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self.n_batch = settings.n_batch
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._state_pool = _StatePool(keep=4 * settings.n_seq_max + 8)
@@ -487,6 +497,19 @@ class LlamaModel:
         ptr, n = _state_pointer(data)
         if llama_cpp.llama_state_seq_set_data_ext(self._ctx, ptr, n, seq, flags) == 0:
             raise StateError(f"llama.cpp rejected a {'partial' if partial else 'full'} state of {n} bytes for sequence {seq}")
+
+    def argmax(self, index: int) -> int:
+        """The token with the largest logit at batch `index` of the last ``llama_decode`` (the
+        first one on a tie, as llama.cpp's greedy sampler). One numpy pass over the logits row
+        (~0.05 ms for a 248k vocabulary) instead of a sampler chain, which copies the whole row
+        into a candidate array on every call."""
+        import llama_cpp
+        import numpy as np
+
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx, index)
+        if not ptr:
+            raise ModelError(f"no logits at batch index {index}")
+        return int(np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).argmax())
 
     def sampler(self, params: SamplingParams) -> "Sampler":
         """A llama.cpp sampler chain for `params`: greedy when ``temperature <= 0``, else
