@@ -227,7 +227,9 @@ def cached(model: LlamaModel, lore_tokens: int, n_conv: int, turns: int, gen: in
     r = dict(scenario="cached", model=model.name, prefix_tokens=len(prefix), conversations=n_conv, turns=len(ttfts),
              first_prefill_s=round(prefill_s, 2), join_ttft_ms=[round(g.ttft_ms, 1) for g in joined],
              ttft_p50_ms=round(pct(ttfts, 50), 1), ttft_p99_ms=round(pct(ttfts, 99), 1), ttft_max_ms=round(max(ttfts), 1),
-             aggregate_tok_s=round(n_tok / wall, 2), ram_mib=round(tv.eng.ram_bytes() / 2**20, 1))
+             aggregate_tok_s=round(n_tok / wall, 2), ram_mib=round(tv.eng.ram_bytes() / 2**20, 1),
+             engine_ms={k: round(getattr(tv.eng.stats, k), 1) for k in ("decode_ms", "prefill_ms", "checkpoint_ms", "sample_ms")},
+             state_buffers_allocated=tv.model._state_pool.allocated)
     rows.append(r)
     print(f"\n### turns with a cached prefix: {model.name}, {n_conv} conversations at one NPC, prefix {len(prefix):,} tokens, {gen} tokens per reply\n")
     print("| first prefill s | join TTFT ms (shared prefix), max | turns | TTFT p50 ms | TTFT p99 ms | aggregate tok/s |\n|---:|---:|---:|---:|---:|---:|")

@@ -150,6 +150,10 @@ class EngineStats:
     steps: int = 0  # `step` calls that decoded something
     decode_calls: int = 0  # llama_decode calls (one per step for the decoding turns + one per prefill piece)
     batched_tokens: int = 0  # generated tokens decoded in steps together with another turn's
+    decode_ms: float = 0.0  # wall time in llama_decode for decoding turns (one call per step)
+    prefill_ms: float = 0.0  # wall time in llama_decode for prefill pieces
+    checkpoint_ms: float = 0.0  # wall time taking checkpoints (llama_state_seq_get_data_ext into pooled buffers)
+    sample_ms: float = 0.0  # wall time sampling, detokenizing and in on_text callbacks
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -494,6 +498,7 @@ class ContextEngine:
         if dec:
             did = True
             items = [(t.conv.seq, [t.pending], len(t.conv.tokens), True) for t in dec]
+            t_dec = time.perf_counter()
             try:
                 idx = m.decode_batch(items)
             except ModelError as exc:
@@ -504,11 +509,14 @@ class ContextEngine:
             self.stats.decode_calls += 1 if dec else 0
             if len(dec) > 1:
                 self.stats.batched_tokens += len(dec)
+            t_smp = time.perf_counter()
+            self.stats.decode_ms += (t_smp - t_dec) * 1000
             for t, i in zip(dec, idx):
                 t.conv.tokens.append(t.pending)
                 t.pending = None
                 if self._sample(t, i):
                     finished.append(t)
+            self.stats.sample_ms += (time.perf_counter() - t_smp) * 1000
         pre = [t for t in self.active if t.phase == "prefill"]
         if order is not None:
             pre.sort(key=order)
@@ -523,6 +531,7 @@ class ContextEngine:
             conv = t.conv
             end = t.pos + piece
             last = end == len(t.prompt)
+            t_pre = time.perf_counter()
             try:
                 idx = m.decode_batch([(conv.seq, t.prompt[t.pos : end], t.pos, last)])
             except ModelError as exc:
@@ -530,11 +539,14 @@ class ContextEngine:
                 finished.append(t)
                 continue
             self.stats.decode_calls += 1
+            self.stats.prefill_ms += (time.perf_counter() - t_pre) * 1000
             conv.tokens.extend(t.prompt[t.pos : end])
             t.pos = end
             if not last:
                 if end == cut:
+                    t_ck = time.perf_counter()
                     self._checkpoint(conv)
+                    self.stats.checkpoint_ms += (time.perf_counter() - t_ck) * 1000
                 continue
             evaluated = len(t.prompt) - t.cached
             self.last_evaluated = evaluated

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
-import mmap
 import logging
 import threading
 from collections.abc import Sequence
@@ -168,18 +167,13 @@ class StateBuffer:
     buffer goes back to its model's pool and must not be read any more.
     """
 
-    __slots__ = ("buf", "n", "refs", "_pool", "_map")
+    __slots__ = ("buf", "n", "refs", "_pool")
 
     def __init__(self, capacity: int, pool: "_StatePool | None" = None) -> None:
-        # anonymous mmap: zero pages on first touch (no memset of 150 MiB up front), and on Linux
-        # transparent huge pages, so llama.cpp's first write faults 2 MiB pages, not 4 KiB ones
-        self._map = mmap.mmap(-1, max(1, capacity))
-        if hasattr(mmap, "MADV_HUGEPAGE"):
-            try:
-                self._map.madvise(mmap.MADV_HUGEPAGE)
-            except OSError:
-                pass
-        self.buf = (ctypes.c_uint8 * max(1, capacity)).from_buffer(self._map)
+        # A plain ctypes array. Tried: anonymous mmap with MADV_HUGEPAGE (lazy zero pages, 2 MiB
+        # faults): turns on the H200 machine got slower (32k-lore turn TTFT p50 149 -> 224 ms,
+        # docs/batching-h200.md), likely THP compaction at fault time (defrag=madvise there).
+        self.buf = (ctypes.c_uint8 * max(1, capacity))()
         self.n = 0
         self.refs = 1
         self._pool = pool
