@@ -11,6 +11,14 @@ only the new tokens when that history is still in its context. Per-turn lore
 goes after the stable prefix, never inside it; an entry injected once stays in
 the history and is not injected again (nor charged to the turn budget).
 
+Concurrency: turns of different conversations run at once, batched on the
+model by `narrative.scheduler.Scheduler` (continuous batching; ``[context]``
+``max_turns``, ``max_queue``, ``prefill_chunk``); `turn` blocks its caller
+until its reply is done. Turns of one conversation are serialized (the next
+prompt needs the previous reply). Lore selection and prompt building run under
+`prepare_lock`, which a lore reload also takes, so they never see a half-synced
+index.
+
 Decoding goes through `narrative.context.ContextEngine`: one llama.cpp sequence
 per conversation, checkpoints at the end of the stable prefix and at the end of
 the history before each turn, snapshots of evicted conversations in RAM, and
@@ -31,6 +39,7 @@ from lore.render import render_entry
 from lore.retrieve import Pick, Retriever
 from narrative.context import ContextEngine, StateMismatch
 from narrative.llm import LlamaModel, ModelError, SamplingParams
+from narrative.scheduler import Scheduler
 from narrative.settings import ContextSettings, SamplingSettings
 from narrative.state_file import state_file_name
 
@@ -95,7 +104,8 @@ class DialogueEngine:
     """Runs dialogue turns for many conversations on one model.
 
     Args:
-        model: the dialogue model (one decode at a time: turns are serialized on ``model.lock``).
+        model: the dialogue model (turns of several conversations are batched on it by one
+            stepping thread, `scheduler`, which holds ``model.lock`` for each step).
         retriever: lore selection.
         sampling: default sampling settings.
     """
@@ -114,6 +124,9 @@ class DialogueEngine:
         self.conversations: dict[tuple[str, str], Conversation] = {}
         self._lock = threading.Lock()
         self.context = ContextEngine(model, context)
+        self.scheduler = Scheduler(self.context, model.lock, self.context.settings)
+        self.prepare_lock = threading.Lock()  # lore selection + prompt building; a lore reload takes it too
+        self._conv_locks: dict[tuple[str, str], threading.Lock] = {}
         self.sessions_dir = Path(state_dir) / "sessions" if state_dir is not None and (context is None or context.persist) else None
 
     @staticmethod
@@ -234,14 +247,75 @@ class DialogueEngine:
         seed: int | None = None,
         cancel: threading.Event | None = None,
         on_text: Callable[[str], None] | None = None,
+        priority: int = 0,
+        client: str = "",
     ) -> TurnResult:
         """Run one dialogue turn: select lore, append the player's line, stream the reply.
+
+        Blocks until the reply is done; turns of other conversations run meanwhile
+        (batched). `priority`: higher goes first when turns wait (the NPC the player
+        faces); `client`: fairness between clients (`narrative.scheduler`). `on_text`
+        runs on the stepping thread: it must not block.
 
         Raises:
             lore.retrieve.UnknownNpc: `npc_id` is not an NPC.
             narrative.llm.ContextOverflow: even the prefix and this turn alone do not fit.
+            narrative.scheduler.Busy: ``max_queue`` turns already wait (nothing was decoded).
         """
         t0 = time.perf_counter()
+        with self._lock:
+            conv_lock = self._conv_locks.setdefault((session, npc_id), threading.Lock())
+        with conv_lock:
+            return self._turn(session, npc_id, line, t0, max_tokens, temperature, seed, cancel, on_text, priority, client)
+
+    def _turn(self, session, npc_id, line, t0, max_tokens, temperature, seed, cancel, on_text, priority, client) -> TurnResult:
+        with self.prepare_lock:
+            prepared = self._prepare(session, npc_id, line, max_tokens)
+        conv, new_lore, seen_lore, sel, user_tokens, history, first, max_tokens = prepared
+        fmt = self.model.format
+        s = self.sampling
+        prompt = history + user_tokens
+        self.scheduler.start()
+        future = self.scheduler.submit(
+            self._key(session, npc_id),
+            prompt,
+            SamplingParams(
+                temperature=s.temperature if temperature is None else temperature,
+                top_p=s.top_p,
+                top_k=s.top_k,
+                repeat_penalty=s.repeat_penalty,
+                seed=self.model.settings.seed if seed is None else seed,
+            ),
+            max_tokens=max_tokens,
+            boundaries=(len(conv.prefix_tokens), len(history)),  # checkpoints: end of the stable prefix, end of the history
+            priority=priority,
+            client=client or session,
+            cancel=cancel,
+            on_text=on_text,
+        )
+        gen = future.result()
+        text = gen.text.strip()
+        if gen.finish_reason != "cancelled":
+            close = self.model.tokenize(fmt.assistant_close)
+            conv.turns.append(TurnRecord(line, text, [p.entry.id for p in new_lore], user_tokens + gen.tokens + close))
+            conv.injected.update(p.entry.id for p in new_lore)
+            if first:
+                del conv.turns[:first]
+        return TurnResult(
+            text=text,
+            finish_reason=gen.finish_reason,
+            lore=conv.prefix_lore + seen_lore + [p.entry.id for p in new_lore],
+            dropped=[p.entry.id for p in sel.dropped],
+            prompt_tokens=gen.prompt_tokens,
+            cached_tokens=gen.cached_tokens,
+            completion_tokens=len(gen.tokens),
+            ttft_ms=(time.perf_counter() - t0) * 1000 - (gen.total_ms - gen.ttft_ms),
+            total_ms=(time.perf_counter() - t0) * 1000,
+            tokens_per_s=gen.decode_tps,
+        )
+
+    def _prepare(self, session: str, npc_id: str, line: str, max_tokens: int | None):
+        """Lore selection and the prompt of one turn (under `prepare_lock`)."""
         conv = self.conversation(session, npc_id)
         history = [t.player for t in conv.turns]
         # lore already in the history is not injected again and costs no budget
@@ -264,39 +338,8 @@ class DialogueEngine:
             while len(history) + len(user_tokens) + max_tokens > room and first < len(conv.turns):
                 first += 1
                 history = conv.tokens(first)
-        prompt = history + user_tokens
-        with self.model.lock:
-            gen = self.context.generate(
-                self._key(session, npc_id),
-                prompt,
-                SamplingParams(
-                    temperature=s.temperature if temperature is None else temperature,
-                    top_p=s.top_p,
-                    top_k=s.top_k,
-                    repeat_penalty=s.repeat_penalty,
-                    seed=self.model.settings.seed if seed is None else seed,
-                ),
-                max_tokens=max_tokens,
-                boundaries=(len(conv.prefix_tokens), len(history)),  # checkpoints: end of the stable prefix, end of the history
-                cancel=cancel,
-                on_text=on_text,
-            )
-        text = gen.text.strip()
-        if gen.finish_reason != "cancelled":
-            close = self.model.tokenize(fmt.assistant_close)
-            conv.turns.append(TurnRecord(line, text, [p.entry.id for p in new_lore], user_tokens + gen.tokens + close))
-            conv.injected.update(p.entry.id for p in new_lore)
-            if first:
-                del conv.turns[:first]
-        return TurnResult(
-            text=text,
-            finish_reason=gen.finish_reason,
-            lore=conv.prefix_lore + seen_lore + [p.entry.id for p in new_lore],
-            dropped=[p.entry.id for p in sel.dropped],
-            prompt_tokens=gen.prompt_tokens,
-            cached_tokens=gen.cached_tokens,
-            completion_tokens=len(gen.tokens),
-            ttft_ms=(time.perf_counter() - t0) * 1000 - (gen.total_ms - gen.ttft_ms),
-            total_ms=(time.perf_counter() - t0) * 1000,
-            tokens_per_s=gen.decode_tps,
-        )
+        return conv, new_lore, seen_lore, sel, user_tokens, history, first, max_tokens
+
+    def close(self) -> None:
+        """Stop the stepping thread (waiting and running turns end with an error)."""
+        self.scheduler.close()

@@ -191,6 +191,7 @@ class Scheduler:
                         if t not in finished:
                             t.error = exc
                             finished.append(t)
+        finished += [t for t in self._running if t.done and t not in finished]  # ended outside a step (ContextEngine.forget)
         for t in finished:
             q = self._running.pop(t, None)
             if q is not None:
