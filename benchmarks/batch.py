@@ -32,7 +32,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from lore.loader import load_catalog as read_lore_files
-    from narrative.batch.generator import BatchOptions, QuestGenerator
+    from narrative.batch.generator import BatchOptions
     from narrative.batch.runner import run_batch
     from narrative.batch.spec import load_specs
     from app.settings import load_settings
@@ -68,7 +68,7 @@ def main() -> int:
 
 def compare_grammar(s, lore, quest_id: str, max_chars: int) -> list[tuple[str, str]]:
     from narrative.batch.output import generation_schema
-    from narrative.batch.runner import BatchOptions, QuestGenerator
+    from narrative.batch.generator import BatchOptions, QuestGenerator
     from narrative.batch.spec import load_specs
     from narrative.llm import generate_json
 

@@ -77,10 +77,16 @@ def ours(model: LlamaModel, system: str, other_system: str, threads: int) -> lis
     return out
 
 
-def baseline(path: Path, n_ctx: int, system: str, other_system: str, threads: int) -> list[float]:
+def baseline(path: Path, n_ctx: int, system: str, other_system: str, threads: int, gpu_settings: dict | None = None) -> list[float]:
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=512, n_threads=threads, verbose=False)
+    gpu = {}
+    if gpu_settings:
+        from narrative.llm.model import _llama_kwargs
+
+        kw = _llama_kwargs(ModelSettings(path=str(path), **gpu_settings))
+        gpu = {k: kw[k] for k in ("n_gpu_layers", "flash_attn", "type_k", "type_v")}
+    llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=512, n_threads=threads, verbose=False, **gpu)
     out = []
 
     def turn(messages: list[dict], record: bool) -> str:
@@ -107,9 +113,11 @@ def baseline(path: Path, n_ctx: int, system: str, other_system: str, threads: in
     return out
 
 
-def run_case(name: str, path: str, lore_tokens: int, threads: int, with_baseline: bool = True) -> tuple[str, int, list[float], list[float]]:
+def run_case(name: str, path: str, lore_tokens: int, threads: int, with_baseline: bool = True, gpu: dict | None = None) -> tuple[str, int, list[float], list[float]]:
+    """`gpu`: ModelSettings fields for offloading (n_gpu_layers, flash_attn, KV types), from --gpu PRESET."""
+    gpu = gpu or {}
     n_ctx = lore_tokens + 2048
-    model = LlamaModel(ModelSettings(path=path, n_ctx=2 * n_ctx, n_batch=512, n_threads=threads, n_seq_max=2))
+    model = LlamaModel(ModelSettings(path=path, n_ctx=2 * n_ctx, n_batch=512, n_threads=threads, n_seq_max=2, **gpu))
     try:
         lore = lore_text(model, lore_tokens)
         system = "You are Mara Thorn, the harbor master of Cinderfen. Stay in character.\n\n" + lore
@@ -118,7 +126,7 @@ def run_case(name: str, path: str, lore_tokens: int, threads: int, with_baseline
         a = ours(model, system, other, threads)
     finally:
         model.close()
-    b = baseline(resolve_model_path(path), n_ctx, system, other, threads) if with_baseline else []
+    b = baseline(resolve_model_path(path), n_ctx, system, other, threads, gpu) if with_baseline else []
     return name, n_prefix, a, b
 
 
@@ -132,7 +140,13 @@ def main() -> int:
                     help="also run create_chat_completion on the doubled lore (slow: it re-decodes the whole prompt every turn on qwen35)")
     ap.add_argument("--qwen35", type=Path, help="tiny qwen35 GGUF (default: built by tests/fixtures/make_qwen35.py)")
     ap.add_argument("--models", nargs="*", choices=["qwen35", "smollm2"], default=["qwen35", "smollm2"])
+    ap.add_argument("--gpu", metavar="PRESET", help="offload with this preset's GPU settings (n_gpu_layers, flash_attn, KV types), e.g. qwen3.5-27b-dialogue")
     args = ap.parse_args()
+    gpu = {}
+    if args.gpu:
+        from narrative.presets import PRESETS
+
+        gpu = {k: PRESETS[args.gpu].settings[k] for k in ("n_gpu_layers", "flash_attn", "type_k", "type_v")}
 
     if args.qwen35:
         qwen35 = str(args.qwen35)
@@ -153,7 +167,7 @@ def main() -> int:
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|", flush=True)
     for name, path, lore, with_baseline in cases:
         print(f"running {name} with ~{lore} lore tokens ...", file=sys.stderr, flush=True)
-        name, n_prefix, a, b = run_case(name, path, lore, args.threads, with_baseline)
+        name, n_prefix, a, b = run_case(name, path, lore, args.threads, with_baseline, gpu)
         for label, t in (("ours", a), ("create_chat_completion", b)):
             if not t:
                 continue

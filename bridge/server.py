@@ -6,7 +6,9 @@ onto one service call. Errors are mapped in one place (`_dispatch`): a
 `ServiceError` becomes an ``error`` with its wire code, any other exception an
 ``internal`` error, and the loop goes on; `EngineDead` sends ``shutdown`` to
 every client and stops. Model and database calls run in one worker thread, so
-pings are answered while a model decodes. A bounded queue sits between the
+pings are answered while a model decodes; dialogue turns (``say``) run on a pool
+of their own (`NarrativeService.turn_slots` threads) because several decode at
+once, batched by the model's scheduler (`narrative.scheduler`). A bounded queue sits between the
 decoding thread and the sender (backpressure). Stopping (`stop`) also sends
 ``shutdown`` to every client before the socket closes.
 
@@ -66,6 +68,7 @@ class SidecarServer:
         self.ctx = zmq.asyncio.Context()
         self.sock: zmq.asyncio.Socket | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+        self.turn_executor = ThreadPoolExecutor(max_workers=max(1, service.turn_slots()), thread_name_prefix="turn")
         self.streams: dict[tuple[bytes, str], threading.Event] = {}
         self.tasks: set[asyncio.Task] = set()
         self.finished: deque[tuple[str, str, int]] = deque(maxlen=256)  # (request id, finish_reason, completion tokens)
@@ -214,6 +217,7 @@ class SidecarServer:
             if self.auth is not None:
                 self.auth.stop()
             self.executor.shutdown(wait=True, cancel_futures=True)
+            self.turn_executor.shutdown(wait=True, cancel_futures=True)
 
     def stop(self, message: str = "") -> None:
         """Stop serving: every client that said hello gets ``shutdown`` (reason ``stopping``), then the socket closes."""
@@ -403,11 +407,12 @@ class SidecarServer:
                     seed=msg.seed,
                     cancel=cancel,
                     on_text=put,
+                    client=ident.hex(),
                 )
             finally:
                 put(_END)
 
-        future = loop.run_in_executor(self.executor, work)
+        future = loop.run_in_executor(self.turn_executor, work)
         seq = 0
         alive = True
         try:

@@ -42,13 +42,37 @@ What it does, per conversation (a ``key``), on one llama.cpp context:
   unified pool the logits of one conversation change with what the others hold
   (see `narrative.llm._load_llama`). A new conversation whose prompt starts
   with another one's checkpointed prefix (two players at one NPC) starts from a
-  copy of it instead of token 0.
+  copy of it instead of token 0: ``llama_memory_seq_cp`` copies the donor's KV
+  cells on the device (one stream to another) and shares its recurrent cell,
+  then the checkpoint's recurrent state is loaded and the KV trimmed to it.
+- **Many turns at once (continuous batching).** A turn is an `ActiveTurn`;
+  `begin` admits it (its conversation made hot, its prompt's cached part
+  reused), and each `step` advances every active turn: one ``llama_decode``
+  with the next token of every decoding turn (sorted by sequence id), then the
+  pending prefill of new turns in chunks of at most ``prefill_chunk`` tokens in
+  all, so a new turn's lore never stalls the others' streams for more than one
+  chunk. A turn joins at the next step and leaves at once when it stops, is
+  cancelled or fails; its sequence stays with its conversation. Prefill pieces
+  go to llama.cpp in calls of their own, one per sequence: with split KV caches
+  llama.cpp cuts a batch into micro-batches of consecutive sequence ids with
+  equal token counts (``split_equal``), so a prefill chunk mixed with decode
+  tokens would be cut into 1 + the rest, costing a micro-batch and changing its
+  arithmetic; a conversation's prefill is cut at the same places (multiples of
+  ``prefill_chunk`` from where it resumes, and its boundaries) whoever else is
+  active. Result: with greedy sampling a conversation's tokens are the same
+  alone or among 8 (tests/narrative/test_batching.py). `generate` is one turn
+  run through the same steps. Scheduling (queue, priorities, fairness, a
+  thread) lives in `narrative.scheduler`.
+- **Checkpoints without copies through Python.** A checkpoint is a
+  `narrative.llm.StateBuffer` that llama.cpp writes into directly, taken from a
+  pool of buffers of that size and given back when the checkpoint is dropped.
 - **Sessions persist.** `save` writes tokens, checkpoints and the full sequence
   state to a file (format: `narrative.state_file`) with a fingerprint of the
   model and context settings; `load` refuses a file made with another model or
   settings (`StateMismatch`) and otherwise restores it without decoding anything.
 
-Not thread-safe: callers serialize access (hold ``model.lock``).
+Not thread-safe: callers serialize access (hold ``model.lock``; the scheduler
+holds it for each step).
 """
 
 from __future__ import annotations
@@ -61,7 +85,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from narrative.llm import ContextOverflow, Generation, KvCacheFull, LlamaModel, ModelError, SamplingParams, StateError
+from narrative.llm import ContextOverflow, Generation, KvCacheFull, LlamaModel, ModelError, SamplingParams, StateBuffer, StateError
 from narrative.settings import ContextSettings
 from narrative.state_file import STATE_FORMAT, read_header, read_state_file, state_file_name, write_state_file
 
@@ -73,16 +97,31 @@ class StateMismatch(ModelError):
     settings (the fingerprints differ); it is refused, not loaded."""
 
 
+class NoFreeSequence(ModelError):
+    """Every sequence holds a conversation with a turn in progress: a new turn must wait
+    (`narrative.scheduler` never admits more turns than sequences)."""
+
+
+def _view(data) -> memoryview | bytes:
+    return data.view() if isinstance(data, StateBuffer) else data
+
+
+def _release(data) -> None:
+    if isinstance(data, StateBuffer):
+        data.release()
+
+
 @dataclass
 class Checkpoint:
     """The recurrent state after the first ``n_tokens`` tokens of a conversation.
 
-    ``data``: bytes from ``llama_state_seq_get_data_ext`` with
-    ``LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY`` (empty on models without recurrent state).
+    ``data``: the output of ``llama_state_seq_get_data_ext`` with
+    ``LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY``, a pooled `StateBuffer` (or bytes read
+    from a state file; empty on models without recurrent state).
     """
 
     n_tokens: int
-    data: bytes
+    data: StateBuffer | bytes
 
 
 @dataclass
@@ -91,8 +130,9 @@ class _Conv:
     tokens: list[int] = field(default_factory=list)  # ids whose effect is in memory, in order
     checkpoints: list[Checkpoint] = field(default_factory=list)  # ascending n_tokens
     seq: int | None = None  # llama.cpp sequence id while hot
-    snapshot: bytes | None = None  # full sequence state while cold (RAM store)
+    snapshot: StateBuffer | bytes | None = None  # full sequence state while cold (RAM store)
     last_used: int = 0
+    busy: "ActiveTurn | None" = None  # the turn in progress (its sequence is never evicted meanwhile)
 
 
 @dataclass
@@ -107,6 +147,13 @@ class EngineStats:
     snapshots_saved: int = 0
     snapshots_loaded: int = 0
     full_reevaluations: int = 0  # divergences with no usable checkpoint (re-decoded from token 0)
+    steps: int = 0  # `step` calls that decoded something
+    decode_calls: int = 0  # llama_decode calls (one per step for the decoding turns + one per prefill piece)
+    batched_tokens: int = 0  # generated tokens decoded in steps together with another turn's
+    decode_ms: float = 0.0  # wall time in llama_decode for decoding turns (one call per step)
+    prefill_ms: float = 0.0  # wall time in llama_decode for prefill pieces
+    checkpoint_ms: float = 0.0  # wall time taking checkpoints (llama_state_seq_get_data_ext into pooled buffers)
+    sample_ms: float = 0.0  # wall time sampling, detokenizing and in on_text callbacks
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -121,12 +168,68 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+@dataclass(eq=False)
+class ActiveTurn:
+    """One turn in the engine: from `ContextEngine.begin` to its finish.
+
+    Phases: ``prefill`` (prompt tokens past the cached part still to decode),
+    ``decode`` (sampling; ``pending`` is the sampled token to decode next), ``done``.
+    ``finish``: ``stop``, ``length``, ``cancelled`` or ``error`` (``error`` holds the exception).
+    Times are ``time.perf_counter()`` seconds.
+    """
+
+    key: str
+    prompt: list[int]
+    params: SamplingParams
+    max_tokens: int
+    boundaries: tuple[int, ...] = ()
+    cancel: threading.Event | None = None
+    on_text: Callable[[str], None] | None = None
+    t0: float = field(default_factory=time.perf_counter)
+    phase: str = "new"
+    conv: _Conv | None = None
+    cached: int = 0
+    pos: int = 0  # prompt tokens held by the sequence
+    cuts: list[int] = field(default_factory=list)
+    out: list[int] = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)
+    pending: int | None = None
+    t_first: float | None = None
+    t_end: float | None = None
+    finish: str = ""
+    error: BaseException | None = None
+    _sampler: object | None = None
+    _decoder: object | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.phase == "done"
+
+    def generation(self) -> Generation:
+        """The finished turn as a `Generation`. Raises the turn's error if it failed."""
+        if self.error is not None:
+            raise self.error
+        t_end = self.t_end or time.perf_counter()
+        t_first = self.t_first or t_end
+        decode_s = t_end - t_first
+        return Generation(
+            tokens=list(self.out),
+            text="".join(self.pieces),
+            finish_reason=self.finish,
+            prompt_tokens=len(self.prompt),
+            cached_tokens=self.cached,
+            ttft_ms=(t_first - self.t0) * 1000,
+            total_ms=(t_end - self.t0) * 1000,
+            decode_tps=(len(self.out) - 1) / decode_s if len(self.out) > 1 and decode_s > 0 else 0.0,
+        )
+
+
 class ContextEngine:
-    """Token-level prompt caching for many conversations on one `LlamaModel`.
+    """Token-level prompt caching and continuous batching for many conversations on one `LlamaModel`.
 
     Args:
         model: the model; the engine uses its sequences ``0..n_seq_max-1``.
-        settings: checkpoint count and RAM store size.
+        settings: checkpoint count, RAM store size, prefill chunk.
     """
 
     def __init__(self, model: LlamaModel, settings: ContextSettings | None = None) -> None:
@@ -134,9 +237,12 @@ class ContextEngine:
         self.settings = settings or ContextSettings()
         self.convs: dict[str, _Conv] = {}
         self.stats = EngineStats()
-        self.last_evaluated = 0  # prompt tokens decoded by the last `generate`
+        self.last_evaluated = 0  # prompt tokens decoded by the last turn that finished its prefill
         self._clock = 0
         self._slots: dict[int, str] = {}  # seq id -> conversation key
+        self.active: list[ActiveTurn] = []  # turns begun and not finished, in admission order
+        chunk = self.settings.prefill_chunk or model.n_batch
+        self.prefill_chunk = max(1, min(chunk, model.n_batch))
 
     # ---- bookkeeping -----------------------------------------------------
 
@@ -161,18 +267,19 @@ class ContextEngine:
             m.memory_owner = self
         if foreign:
             log.warning("the model's context was used outside this context engine: its cached conversations are re-decoded")
+            for t in list(self.active):
+                self._fail(t, ModelError("the model's context was used outside the context engine during this turn"))
             for conv in self.convs.values():
                 if conv.seq is not None:
                     conv.seq = None
-                    conv.tokens = []
-                    conv.checkpoints = []
+                    self._drop(conv)
             self._slots.clear()
             for s in range(self.model.n_seq_max):
                 self.model.seq_clear(s)
 
     def _evict(self, conv: _Conv) -> None:
         """Move a hot conversation out of its sequence: snapshot it into the RAM store if it fits."""
-        assert conv.seq is not None
+        assert conv.seq is not None and conv.busy is None
         seq = conv.seq
         budget = self.settings.ram_mib << 20
         if conv.tokens and budget:
@@ -192,16 +299,43 @@ class ContextEngine:
         del self._slots[seq]
         conv.seq = None
 
+    def _drop_checkpoints(self, conv: _Conv, keep_upto: int = -1) -> None:
+        """Drop the checkpoints past `keep_upto` tokens (all with -1), giving their buffers back."""
+        kept = []
+        for c in conv.checkpoints:
+            if keep_upto >= 0 and c.n_tokens <= keep_upto:
+                kept.append(c)
+            else:
+                _release(c.data)
+        conv.checkpoints = kept
+
     def _drop(self, conv: _Conv) -> None:
+        if conv.snapshot is not None:
+            _release(conv.snapshot)
         conv.snapshot = None
         conv.tokens = []
-        conv.checkpoints = []
+        self._drop_checkpoints(conv)
+
+    def free_sequences(self) -> int:
+        """Sequences a new conversation could take now (free, or held by a conversation with no turn in progress)."""
+        return self.model.n_seq_max - sum(1 for k in self._slots.values() if self.convs[k].busy is not None)
+
+    def can_begin(self, key: str) -> bool:
+        """Whether a turn of conversation `key` can begin now: not already in a turn, and it
+        holds a sequence or one can be freed (evicting an idle conversation to RAM)."""
+        conv = self.convs.get(key)
+        if conv is not None and conv.busy is not None:
+            return False
+        return (conv is not None and conv.seq is not None) or self.free_sequences() > 0
 
     def _free_seq(self, keep: str) -> int:
         for s in range(self.model.n_seq_max):
             if s not in self._slots:
                 return s
-        victim = min((self.convs[k] for k in self._slots.values() if k != keep), key=lambda c: c.last_used)
+        idle = [self.convs[k] for k in self._slots.values() if k != keep and self.convs[k].busy is None]
+        if not idle:
+            raise NoFreeSequence(f"all {self.model.n_seq_max} sequences hold a turn in progress")
+        victim = min(idle, key=lambda c: c.last_used)
         seq = victim.seq
         assert seq is not None
         self._evict(victim)
@@ -223,13 +357,17 @@ class ContextEngine:
                 log.warning("snapshot of %s rejected by llama.cpp: re-decoding it", conv.key)
                 self.model.seq_clear(seq)
                 self._drop(conv)
+            finally:
+                _release(data)
 
     def _share_prefix(self, conv: _Conv, prompt: Sequence[int]) -> None:
         """Start an empty conversation from another hot one's checkpoint on the same prompt prefix.
 
-        Each sequence has its own KV cells (see `narrative.llm._load_llama`), so the
-        donor's full sequence state is copied (``llama_state_seq_get/set_data``), then
-        its recurrent state is replaced by the checkpoint's and its KV trimmed to it.
+        ``llama_memory_seq_cp`` copies the donor's KV cells into this sequence's
+        own cells on the device (split caches: a whole-stream copy, done at the
+        next decode) and shares its recurrent cell; then the checkpoint's
+        recurrent state is loaded and the KV trimmed to it. Nothing passes
+        through host memory but the checkpoint.
         """
         best: tuple[int, _Conv, Checkpoint] | None = None
         for k in self._slots.values():
@@ -247,7 +385,8 @@ class ContextEngine:
         n, other, ck = best
         m = self.model
         assert conv.seq is not None and other.seq is not None
-        m.state_set(conv.seq, m.state_get(other.seq, partial=False), partial=False)
+        m.seq_clear(conv.seq)
+        m.seq_cp(other.seq, conv.seq)
         if m.has_recurrent_state:
             m.state_set(conv.seq, ck.data, partial=True)
         if not m.seq_rm(conv.seq, n, -1) or m.seq_pos_max(conv.seq) != n - 1:
@@ -255,7 +394,7 @@ class ContextEngine:
             m.seq_clear(conv.seq)
             return
         conv.tokens = list(prompt[:n])
-        conv.checkpoints = [Checkpoint(c.n_tokens, c.data) for c in other.checkpoints if c.n_tokens <= n]
+        conv.checkpoints = [Checkpoint(c.n_tokens, c.data.share() if isinstance(c.data, StateBuffer) else c.data) for c in other.checkpoints if c.n_tokens <= n]
         self.stats.shared_prefixes += 1
 
     def _rewind(self, conv: _Conv, limit: int) -> None:
@@ -267,7 +406,7 @@ class ContextEngine:
         if not m.has_recurrent_state:
             if m.seq_rm(conv.seq, limit, -1):
                 conv.tokens = conv.tokens[:limit]
-                conv.checkpoints = [c for c in conv.checkpoints if c.n_tokens <= limit]
+                self._drop_checkpoints(conv, limit)
                 self.stats.trimmed += 1
                 return
         else:
@@ -277,14 +416,14 @@ class ContextEngine:
                 m.state_set(conv.seq, ck.data, partial=True)  # recurrent state at n_tokens (its cell now ends at n_tokens-1)
                 if m.seq_rm(conv.seq, ck.n_tokens, -1):  # then trim the KV cells past it
                     conv.tokens = conv.tokens[: ck.n_tokens]
-                    conv.checkpoints = [c for c in conv.checkpoints if c.n_tokens <= ck.n_tokens]
+                    self._drop_checkpoints(conv, ck.n_tokens)
                     self.stats.restored_checkpoints += 1
                     return
                 log.warning("seq_rm after restoring the checkpoint at %d failed: re-decoding %s", ck.n_tokens, conv.key)
                 break
         m.seq_clear(conv.seq)
         conv.tokens = []
-        conv.checkpoints = []
+        self._drop_checkpoints(conv)
         self.stats.full_reevaluations += 1
 
     def _checkpoint(self, conv: _Conv) -> None:
@@ -294,9 +433,195 @@ class ContextEngine:
         data = self.model.state_get(conv.seq, partial=True) if self.model.has_recurrent_state else b""
         conv.checkpoints.append(Checkpoint(n, data))
         while len(conv.checkpoints) > self.settings.max_checkpoints:
+            _release(conv.checkpoints[1].data)
             del conv.checkpoints[1]  # keep the first (end of the stable prefix) and the newest
 
-    # ---- public API --------------------------------------------------------
+    # ---- turns: begin, step, finish -------------------------------------------
+
+    def begin(self, turn: ActiveTurn) -> ActiveTurn:
+        """Admit `turn`: make its conversation hot, reuse what its memory holds (or another
+        conversation's checkpointed prefix), and plan the prefill; decoding happens in `step`.
+
+        Raises:
+            ValueError: empty prompt.
+            ContextOverflow: ``len(prompt) + max_tokens > n_ctx`` of a conversation.
+            NoFreeSequence: every sequence holds a turn in progress (check `can_begin`).
+            ModelError: the turn's conversation is already in a turn.
+        """
+        m = self.model
+        prompt = turn.prompt = list(turn.prompt)
+        if not prompt:
+            raise ValueError("empty prompt")
+        if len(prompt) + turn.max_tokens > m.n_ctx:
+            raise ContextOverflow(f"prompt of {len(prompt)} tokens + max_tokens {turn.max_tokens} exceeds n_ctx {m.n_ctx} of a conversation ({m.n_seq_max} sequences)")
+        self._check_foreign()
+        conv = self.convs.get(turn.key)
+        if conv is None:
+            conv = self.convs[turn.key] = _Conv(turn.key)
+        if conv.busy is not None:
+            raise ModelError(f"conversation {turn.key!r} is already in a turn")
+        self._touch(conv)
+        self._make_hot(conv)
+        assert conv.seq is not None
+        if not conv.tokens:
+            self._share_prefix(conv, prompt)
+        limit = min(_common_prefix(conv.tokens, prompt), len(prompt) - 1)  # >= 1 token decoded: its logits start the reply
+        self._rewind(conv, limit)
+        turn.cached = turn.pos = len(conv.tokens)
+        turn.cuts = sorted({b for b in turn.boundaries if turn.cached < b < len(prompt)}) + [len(prompt)]
+        turn.conv = conv
+        turn.phase = "prefill"
+        conv.busy = turn
+        turn._sampler = m.sampler(turn.params) if turn.params.temperature > 0 else None
+        turn._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.stats.prompt_tokens += len(prompt)
+        self.active.append(turn)
+        return turn
+
+    def step(self, order: Callable[[ActiveTurn], object] | None = None) -> list[ActiveTurn]:
+        """Advance every active turn by one step; returns the turns that finished in it.
+
+        1. Turns cancelled meanwhile leave. 2. One ``llama_decode`` with the pending
+        token of every decoding turn (sorted by sequence id), then each samples its
+        next token. 3. Prefill pieces of new turns, in `order` (default: admission
+        order), while their sum stays within ``prefill_chunk`` tokens (the first
+        always goes); a turn whose prompt is complete samples its first token.
+        """
+        finished: list[ActiveTurn] = []
+        for t in list(self.active):
+            if t.cancel is not None and t.cancel.is_set():
+                self._finish(t, "cancelled")
+                finished.append(t)
+        m = self.model
+        dec = sorted((t for t in self.active if t.phase == "decode"), key=lambda t: t.conv.seq)
+        did = False
+        if dec:
+            did = True
+            items = [(t.conv.seq, [t.pending], len(t.conv.tokens), True) for t in dec]
+            t_dec = time.perf_counter()
+            try:
+                idx = m.decode_batch(items)
+            except ModelError as exc:
+                for t in dec:
+                    self._fail(t, ContextOverflow(f"KV cache full while generating for {t.key!r}: {exc}") if isinstance(exc, KvCacheFull) else exc)
+                finished.extend(dec)
+                dec, idx = [], []
+            self.stats.decode_calls += 1 if dec else 0
+            if len(dec) > 1:
+                self.stats.batched_tokens += len(dec)
+            t_smp = time.perf_counter()
+            self.stats.decode_ms += (t_smp - t_dec) * 1000
+            for t, i in zip(dec, idx):
+                t.conv.tokens.append(t.pending)
+                t.pending = None
+                if self._sample(t, i):
+                    finished.append(t)
+            self.stats.sample_ms += (time.perf_counter() - t_smp) * 1000
+        pre = [t for t in self.active if t.phase == "prefill"]
+        if order is not None:
+            pre.sort(key=order)
+        budget = self.prefill_chunk
+        for t in pre:
+            cut = next(c for c in t.cuts if c > t.pos)
+            piece = min(cut, t.pos + self.prefill_chunk) - t.pos
+            if piece > budget and budget < self.prefill_chunk:
+                continue  # the chunk of this step is spent; it goes first next time
+            budget -= piece
+            did = True
+            conv = t.conv
+            end = t.pos + piece
+            last = end == len(t.prompt)
+            t_pre = time.perf_counter()
+            try:
+                idx = m.decode_batch([(conv.seq, t.prompt[t.pos : end], t.pos, last)])
+            except ModelError as exc:
+                self._fail(t, ContextOverflow(f"KV cache full while decoding {t.key!r}: {exc}") if isinstance(exc, KvCacheFull) else exc)
+                finished.append(t)
+                continue
+            self.stats.decode_calls += 1
+            self.stats.prefill_ms += (time.perf_counter() - t_pre) * 1000
+            conv.tokens.extend(t.prompt[t.pos : end])
+            t.pos = end
+            if not last:
+                if end == cut:
+                    t_ck = time.perf_counter()
+                    self._checkpoint(conv)
+                    self.stats.checkpoint_ms += (time.perf_counter() - t_ck) * 1000
+                continue
+            evaluated = len(t.prompt) - t.cached
+            self.last_evaluated = evaluated
+            self.stats.evaluated_tokens += evaluated
+            t.phase = "decode"
+            if self._sample(t, idx[0]):
+                finished.append(t)
+            if budget <= 0:
+                break
+        if did:
+            self.stats.steps += 1
+        return finished
+
+    def _sample(self, t: ActiveTurn, index: int) -> bool:
+        """Sample `t`'s next token from the logits at batch `index`; True when the turn ends here."""
+        m = self.model
+        if t.params.temperature <= 0:
+            tok = m.argmax(index)  # greedy: no sampler chain (same token, see LlamaModel.argmax)
+        else:
+            tok = t._sampler.sample(index)
+        if t.t_first is None:
+            t.t_first = time.perf_counter()
+        if m.is_stop(tok):
+            self._finish(t, "stop")
+            return True
+        t.out.append(tok)
+        piece = t._decoder.decode(m.token_bytes(tok))
+        if piece:
+            t.pieces.append(piece)
+            if t.on_text is not None:
+                t.on_text(piece)
+        if t.cancel is not None and t.cancel.is_set():
+            self._finish(t, "cancelled")
+            return True
+        if len(t.out) >= t.max_tokens:
+            self._finish(t, "length")
+            return True
+        t.pending = tok
+        return False
+
+    def _finish(self, t: ActiveTurn, reason: str) -> None:
+        if t.done:
+            return
+        t.finish = reason
+        t.phase = "done"
+        t.t_end = time.perf_counter()
+        if t._decoder is not None:
+            tail = t._decoder.decode(b"", final=True)
+            if tail:
+                t.pieces.append(tail)
+                if t.on_text is not None and reason != "error":
+                    t.on_text(tail)
+        if t._sampler is not None:
+            t._sampler.close()
+            t._sampler = None
+        if t.conv is not None and t.conv.busy is t:
+            t.conv.busy = None
+        if t in self.active:
+            self.active.remove(t)
+
+    def _fail(self, t: ActiveTurn, exc: BaseException) -> None:
+        """End `t` with an error; its conversation's memory is cleared (what it holds is unknown)."""
+        t.error = exc
+        if t.conv is not None:
+            self._forget_memory(t.conv)
+        self._finish(t, "error")
+
+    def cancel_all(self, exc: BaseException) -> list[ActiveTurn]:
+        """End every active turn with `exc` (the engine is stopping or failed); returns them."""
+        out = list(self.active)
+        for t in out:
+            self._fail(t, exc)
+        return out
+
+    # ---- public API: one turn at a time --------------------------------------
 
     def generate(
         self,
@@ -311,8 +636,7 @@ class ContextEngine:
     ) -> Generation:
         """Decode `prompt` for conversation `key` (reusing what its memory holds) and sample a reply.
 
-        Two steps: `prefill` (make the conversation's memory hold `prompt`,
-        decoding only past what it already holds) then `sample`.
+        One turn run alone through `begin` and `step` (the path batched turns take).
 
         Args:
             key: conversation id (e.g. ``session/npc``); created on first use.
@@ -330,149 +654,32 @@ class ContextEngine:
             = call -> first sampled token.
 
         Raises:
-            ContextOverflow: ``len(prompt) + max_tokens > n_ctx``.
-            ModelError: llama.cpp failed to decode.
-        """
-        t0 = time.perf_counter()
-        prompt = list(prompt)
-        m = self.model
-        if not prompt:
-            raise ValueError("empty prompt")
-        if len(prompt) + max_tokens > m.n_ctx:
-            raise ContextOverflow(f"prompt of {len(prompt)} tokens + max_tokens {max_tokens} exceeds n_ctx {m.n_ctx} of a conversation ({m.n_seq_max} sequences)")
-        conv, cached = self.prefill(key, prompt, boundaries)
-        out, text, finish, t_first = self.sample(conv, params, max_tokens=max_tokens, cancel=cancel, on_text=on_text)
-        t_end = time.perf_counter()
-        t_first = t_first or t_end
-        decode_s = t_end - t_first
-        return Generation(
-            tokens=out,
-            text=text,
-            finish_reason=finish,
-            prompt_tokens=len(prompt),
-            cached_tokens=cached,
-            ttft_ms=(t_first - t0) * 1000,
-            total_ms=(t_end - t0) * 1000,
-            decode_tps=(len(out) - 1) / decode_s if len(out) > 1 and decode_s > 0 else 0.0,
-        )
-
-    def prefill(self, key: str, prompt: list[int], boundaries: Iterable[int] = ()) -> tuple[_Conv, int]:
-        """Make conversation `key`'s sequence hold exactly `prompt`, with the last token's logits ready.
-
-        Reuses the longest common prefix with what the sequence holds (trimming
-        the KV cache, or restoring a checkpoint on a hybrid model), or another
-        hot conversation's checkpointed prefix, and decodes the rest split at
-        `boundaries`, keeping a checkpoint at each. At least one token is decoded.
-
-        Returns:
-            (the conversation, prompt tokens reused without decoding).
-
-        Raises:
-            ContextOverflow: the KV cache is full (the conversation's memory is cleared).
+            ContextOverflow: ``len(prompt) + max_tokens > n_ctx``, or the KV cache filled up.
             ModelError: llama.cpp failed to decode (the conversation's memory is cleared).
         """
-        m = self.model
-        self._check_foreign()
-        conv = self.convs.get(key)
-        if conv is None:
-            conv = self.convs[key] = _Conv(key)
-        self._touch(conv)
-        self._make_hot(conv)
-        assert conv.seq is not None
-        if not conv.tokens:
-            self._share_prefix(conv, prompt)
-        limit = min(_common_prefix(conv.tokens, prompt), len(prompt) - 1)  # >= 1 token decoded: its logits start the reply
-        self._rewind(conv, limit)
-        cached = len(conv.tokens)
-        cuts = sorted({b for b in boundaries if cached < b < len(prompt)}) + [len(prompt)]
-        pos = cached
-        try:
-            for cut in cuts:
-                m.decode(conv.seq, prompt[pos:cut], pos, logits_last=cut == len(prompt))
-                conv.tokens.extend(prompt[pos:cut])
-                pos = cut
-                if cut < len(prompt):
-                    self._checkpoint(conv)
-        except KvCacheFull as exc:
-            self._forget_memory(conv)
-            raise ContextOverflow(f"KV cache full while decoding {key!r}: {exc}") from None
-        except ModelError:
-            self._forget_memory(conv)
-            raise
-        evaluated = len(prompt) - cached
-        self.last_evaluated = evaluated
-        self.stats.prompt_tokens += len(prompt)
-        self.stats.evaluated_tokens += evaluated
-        return conv, cached
-
-    def sample(
-        self,
-        conv: _Conv,
-        params: SamplingParams,
-        *,
-        max_tokens: int,
-        cancel: threading.Event | None = None,
-        on_text: Callable[[str], None] | None = None,
-    ) -> tuple[list[int], str, str, float | None]:
-        """Sample up to `max_tokens` after a `prefill` of `conv`, decoding each token into its sequence.
-
-        Returns:
-            (token ids without the end-of-generation token, their text,
-            finish reason ``stop``/``length``/``cancelled``, perf_counter time of the first sampled token).
-
-        Raises:
-            ContextOverflow: the KV cache filled up (the conversation's memory is cleared).
-        """
-        m = self.model
-        sampler = m.sampler(params)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        out: list[int] = []
-        pieces: list[str] = []
-        t_first: float | None = None
-        finish = "length"
-        try:
-            while True:
-                tok = sampler.sample()
-                if t_first is None:
-                    t_first = time.perf_counter()
-                if m.is_stop(tok):
-                    finish = "stop"
-                    break
-                out.append(tok)
-                piece = decoder.decode(m.token_bytes(tok))
-                if piece:
-                    pieces.append(piece)
-                    if on_text is not None:
-                        on_text(piece)
-                if cancel is not None and cancel.is_set():
-                    finish = "cancelled"
-                    break
-                if len(out) >= max_tokens:
-                    break
-                m.decode(conv.seq, [tok], len(conv.tokens))
-                conv.tokens.append(tok)
-        except KvCacheFull as exc:
-            self._forget_memory(conv)
-            raise ContextOverflow(f"KV cache full while generating for {conv.key!r}: {exc}") from None
-        finally:
-            sampler.close()
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            pieces.append(tail)
-            if on_text is not None:
-                on_text(tail)
-        return out, "".join(pieces), finish, t_first
+        t = ActiveTurn(key, list(prompt), params, max_tokens, tuple(boundaries), cancel, on_text)
+        self.begin(t)
+        while not t.done:
+            self.step()
+        return t.generation()
 
     def _forget_memory(self, conv: _Conv) -> None:
         if conv.seq is not None:
             self.model.seq_clear(conv.seq)
         conv.tokens = []
-        conv.checkpoints = []
+        self._drop_checkpoints(conv)
 
     def forget(self, key: str) -> None:
-        """Drop conversation `key` (its sequence, snapshot and checkpoints). Unknown keys are ignored."""
-        conv = self.convs.pop(key, None)
-        if conv is not None and conv.seq is not None:
+        """Drop conversation `key` (its sequence, snapshot and checkpoints); a turn in progress
+        ends ``cancelled``. Unknown keys are ignored."""
+        conv = self.convs.get(key)
+        if conv is None:
+            return
+        if conv.busy is not None:
+            self._finish(conv.busy, "cancelled")
+        del self.convs[key]
+        self._drop(conv)
+        if conv.seq is not None:
             self.model.seq_clear(conv.seq)
             self._slots.pop(conv.seq, None)
 
@@ -501,14 +708,19 @@ class ContextEngine:
         """
         self._check_foreign()
         conv = self.convs[key]
+        fresh = None
         if conv.seq is not None:
-            state = self.model.state_get(conv.seq, partial=False)
+            state = fresh = self.model.state_get(conv.seq, partial=False)
         elif conv.snapshot is not None:
             state = conv.snapshot
         else:
             raise KeyError(f"conversation {key!r} holds no state")
         header = {"key": key, "fingerprint": self.model.fingerprint(), "meta": meta or {}}
-        return write_state_file(path, header, conv.tokens, state, [(c.n_tokens, c.data) for c in conv.checkpoints])
+        try:
+            return write_state_file(path, header, conv.tokens, _view(state), [(c.n_tokens, _view(c.data)) for c in conv.checkpoints])
+        finally:
+            if fresh is not None:
+                fresh.release()
 
     @staticmethod
     def read_header(path: Path) -> dict:
@@ -551,4 +763,4 @@ class ContextEngine:
         return header.get("meta", {})
 
 
-__all__ = ["Checkpoint", "ContextEngine", "EngineStats", "StateMismatch", "state_file_name"]
+__all__ = ["ActiveTurn", "Checkpoint", "ContextEngine", "EngineStats", "NoFreeSequence", "StateMismatch", "state_file_name"]

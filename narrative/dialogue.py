@@ -11,6 +11,14 @@ only the new tokens when that history is still in its context. Per-turn lore
 goes after the stable prefix, never inside it; an entry injected once stays in
 the history and is not injected again (nor charged to the turn budget).
 
+Concurrency: turns of different conversations run at once, batched on the
+model by `narrative.scheduler.Scheduler` (continuous batching; ``[context]``
+``max_turns``, ``max_queue``, ``prefill_chunk``); `turn` blocks its caller
+until its reply is done. Turns of one conversation are serialized (the next
+prompt needs the previous reply). Lore selection and prompt building run under
+`prepare_lock`, which a lore reload also takes, so they never see a half-synced
+index.
+
 Decoding goes through `narrative.context.ContextEngine`: one llama.cpp sequence
 per conversation, checkpoints at the end of the stable prefix and at the end of
 the history before each turn, snapshots of evicted conversations in RAM, and
@@ -31,6 +39,7 @@ from lore.render import render_entry
 from lore.retrieve import Pick, Retriever
 from narrative.context import ContextEngine, StateMismatch
 from narrative.llm import ContextOverflow, LlamaModel, ModelError, SamplingParams
+from narrative.scheduler import Scheduler
 from narrative.settings import ContextSettings, SamplingSettings
 from narrative.state_file import state_file_name
 
@@ -111,7 +120,8 @@ class DialogueEngine:
     """Runs dialogue turns for many conversations on one model.
 
     Args:
-        model: the dialogue model (one decode at a time: turns are serialized on ``model.lock``).
+        model: the dialogue model (turns of several conversations are batched on it by one
+            stepping thread, `scheduler`, which holds ``model.lock`` for each step).
         retriever: lore selection.
         sampling: default sampling settings.
     """
@@ -130,6 +140,9 @@ class DialogueEngine:
         self.conversations: dict[tuple[str, str], Conversation] = {}
         self._lock = threading.Lock()
         self.context = ContextEngine(model, context)
+        self.scheduler = Scheduler(self.context, model.lock, self.context.settings)
+        self.prepare_lock = threading.Lock()  # lore selection + prompt building; a lore reload takes it too
+        self._conv_locks: dict[tuple[str, str], threading.Lock] = {}
         self.sessions_dir = Path(state_dir) / "sessions" if state_dir is not None and (context is None or context.persist) else None
         self.save_every_s = (context or ContextSettings()).save_every_s
         self._saved_at: dict[tuple[str, str], float] = {}
@@ -279,58 +292,53 @@ class DialogueEngine:
         seed: int | None = None,
         cancel: threading.Event | None = None,
         on_text: Callable[[str], None] | None = None,
+        priority: int = 0,
+        client: str = "",
     ) -> TurnResult:
         """Run one dialogue turn: select lore, append the player's line, stream the reply.
+
+        Blocks until the reply is done; turns of other conversations run meanwhile
+        (batched). `priority`: higher goes first when turns wait (the NPC the player
+        faces); `client`: fairness between clients (`narrative.scheduler`). `on_text`
+        runs on the stepping thread: it must not block.
 
         Raises:
             lore.retrieve.UnknownNpc: `npc_id` is not an NPC.
             narrative.llm.ContextOverflow: even the prefix and this turn alone do not fit.
+            narrative.scheduler.Busy: ``max_queue`` turns already wait (nothing was decoded).
         """
         t0 = time.perf_counter()
-        conv = self.conversation(session, npc_id)
-        history = [t.player for t in conv.turns]
-        # lore already in the history is not injected again and costs no budget
-        sel = self.retriever.select(npc_id, line, history, exclude=conv.injected)
-        new_lore: list[Pick] = sel.turn
-        seen_lore = sel.present  # triggered again, already in the history
-        lore_text = "".join(render_entry(p.entry) + "\n\n" for p in new_lore)
-        if lore_text:
-            lore_text = "What you know that bears on this:\n" + lore_text
+        with self._lock:
+            conv_lock = self._conv_locks.setdefault((session, npc_id), threading.Lock())
+        with conv_lock:
+            return self._turn(session, npc_id, line, t0, max_tokens, temperature, seed, cancel, on_text, priority, client)
+
+    def _turn(self, session, npc_id, line, t0, max_tokens, temperature, seed, cancel, on_text, priority, client) -> TurnResult:
+        with self.prepare_lock:
+            prepared = self._prepare(session, npc_id, line, max_tokens)
+        conv, new_lore, seen_lore, sel, user_tokens, history, first, max_tokens = prepared
         fmt = self.model.format
-        user_tokens = turn_tokens(self.model, TURN_TEMPLATE.format(lore=lore_text, line=line))
         s = self.sampling
-        max_tokens = max_tokens or s.max_tokens
-        first = 0
-        history = conv.tokens(first)
-        if len(history) + len(user_tokens) + max_tokens > self.model.n_ctx:
-            # drop the oldest turns (the prefix always stays) down to 3/4 of the window, so the
-            # next turns extend the history again instead of re-decoding it after every drop
-            room = self.model.n_ctx * 3 // 4
-            while len(history) + len(user_tokens) + max_tokens > room and first < len(conv.turns):
-                first += 1
-                history = conv.tokens(first)
         prompt = history + user_tokens
-        # what a client may ask (NarrativeService.limits) is served: a turn that still does not fit after
-        # dropping the old turns generates what fits (finish_reason 'length'); none fitting is ContextOverflow
-        max_tokens = min(max_tokens, self.model.n_ctx - len(prompt))
-        if max_tokens < 1:
-            raise ContextOverflow(f"the prefix and this line take {len(prompt)} tokens of the {self.model.n_ctx} a conversation has")
-        with self.model.lock:
-            gen = self.context.generate(
-                self._key(session, npc_id),
-                prompt,
-                SamplingParams(
-                    temperature=s.temperature if temperature is None else temperature,
-                    top_p=s.top_p,
-                    top_k=s.top_k,
-                    repeat_penalty=s.repeat_penalty,
-                    seed=self.model.settings.seed if seed is None else seed,
-                ),
-                max_tokens=max_tokens,
-                boundaries=(len(conv.prefix_tokens), len(history)),  # checkpoints: end of the stable prefix, end of the history
-                cancel=cancel,
-                on_text=on_text,
-            )
+        self.scheduler.start()
+        future = self.scheduler.submit(
+            self._key(session, npc_id),
+            prompt,
+            SamplingParams(
+                temperature=s.temperature if temperature is None else temperature,
+                top_p=s.top_p,
+                top_k=s.top_k,
+                repeat_penalty=s.repeat_penalty,
+                seed=self.model.settings.seed if seed is None else seed,
+            ),
+            max_tokens=max_tokens,
+            boundaries=(len(conv.prefix_tokens), len(history)),  # checkpoints: end of the stable prefix, end of the history
+            priority=priority,
+            client=client or session,
+            cancel=cancel,
+            on_text=on_text,
+        )
+        gen = future.result()
         text = gen.text.strip()
         if gen.finish_reason != "cancelled":
             close = self.model.marker_tokens(fmt.assistant_close)
@@ -351,3 +359,38 @@ class DialogueEngine:
             total_ms=(time.perf_counter() - t0) * 1000,
             tokens_per_s=gen.decode_tps,
         )
+
+    def _prepare(self, session: str, npc_id: str, line: str, max_tokens: int | None):
+        """Lore selection and the prompt of one turn (under `prepare_lock`)."""
+        conv = self.conversation(session, npc_id)
+        history = [t.player for t in conv.turns]
+        # lore already in the history is not injected again and costs no budget
+        sel = self.retriever.select(npc_id, line, history, exclude=conv.injected)
+        new_lore: list[Pick] = sel.turn
+        seen_lore = sel.present  # triggered again, already in the history
+        lore_text = "".join(render_entry(p.entry) + "\n\n" for p in new_lore)
+        if lore_text:
+            lore_text = "What you know that bears on this:\n" + lore_text
+        user_tokens = turn_tokens(self.model, TURN_TEMPLATE.format(lore=lore_text, line=line))
+        s = self.sampling
+        max_tokens = max_tokens or s.max_tokens
+        first = 0
+        history = conv.tokens(first)
+        if len(history) + len(user_tokens) + max_tokens > self.model.n_ctx:
+            # drop the oldest turns (the prefix always stays) down to 3/4 of the window, so the
+            # next turns extend the history again instead of re-decoding it after every drop
+            room = self.model.n_ctx * 3 // 4
+            while len(history) + len(user_tokens) + max_tokens > room and first < len(conv.turns):
+                first += 1
+                history = conv.tokens(first)
+        prompt_len = len(history) + len(user_tokens)
+        # what a client may ask (NarrativeService.limits) is served: a turn that still does not fit after
+        # dropping the old turns generates what fits (finish_reason 'length'); none fitting is ContextOverflow
+        max_tokens = min(max_tokens, self.model.n_ctx - prompt_len)
+        if max_tokens < 1:
+            raise ContextOverflow(f"the prefix and this line take {prompt_len} tokens of the {self.model.n_ctx} a conversation has")
+        return conv, new_lore, seen_lore, sel, user_tokens, history, first, max_tokens
+
+    def close(self) -> None:
+        """Stop the stepping thread (waiting and running turns end with an error)."""
+        self.scheduler.close()

@@ -17,11 +17,23 @@ loaded, with llama.cpp's own buffer arithmetic:
   ``d_state x d_inner`` (``llama_hparams::n_embd_r()/n_embd_s()``,
   ``src/llama-memory-recurrent.cpp``), times ``n_seq_max`` sequences;
 - **output + compute**: logits ``n_vocab x 4`` bytes per sequence, plus the
-  compute buffer, estimated as the ``n_ubatch x n_vocab`` f32 logits of a full
-  micro-batch and ``1.5 x n_ubatch x max(n_embd, n_ff, conv channels)`` f32
-  activations. An estimate: llama.cpp sizes it by reserving the worst-case
-  graph, and a CUDA build's differs from a CPU build's; on the fixtures and
-  SmolLM2 (CPU) the logits dominate and it matches within 2%.
+  compute buffer. On the CPU (``on_gpu=False``), estimated as the
+  ``n_ubatch x n_vocab`` f32 logits of a full micro-batch and ``1.5 x n_ubatch
+  x max(n_embd, n_ff, conv channels)`` f32 activations (the fixtures and
+  SmolLM2 match within 2%).
+- **on a CUDA GPU** (``on_gpu=True``, all layers offloaded), as measured on an
+  H200 (docs/batching-h200.md, `benchmarks/gpu/plan_probe.py`): the token
+  embedding stays in host memory (llama.cpp keeps the input layer on the CPU),
+  so it is not counted; the compute buffer is the worst-case graph that
+  llama.cpp reserves for ``n_ubatch`` tokens over all ``n_seq_max`` sequences
+  with ``n_seqs`` outputs (not a full micro-batch of logits): f32 activations
+  ``16 x n_ubatch x max(n_embd, conv channels)`` bytes, plus per KV cell of one
+  sequence the f16 attention mask row (``2 x n_ubatch``) and, for a quantized
+  K or V with flash attention, its f16 copy for every sequence
+  (``n_seq_max x n_head_kv x head_dim x 2`` each). That copy is what the
+  old estimate missed: 1.6 GiB more at 4 x 135k on the 27B (plan 5.2% under,
+  now +0.1%). Plus ``CUDA_RUNTIME`` for the CUDA context and cuBLAS.
+- KV cells per sequence are padded to a multiple of 256, as llama.cpp does.
 
 `tests/narrative/test_presets.py` checks these formulas against the buffer
 sizes llama.cpp logs when it loads the tiny qwen35/qwen35moe fixtures and
@@ -79,6 +91,10 @@ QUANT_BPW = {"q4_0": 4.5, "q4_k_m": 4.89, "q5_k_m": 5.7, "q6_k": 6.56, "q8_0": 8
 """Bits per weight of a GGUF quantization (q4_0/q8_0 from block sizes; K-quant mixes as llama.cpp's
 quantize reports them for Llama-class models: an approximation for others)."""
 
+CUDA_RUNTIME = 650 * MiB
+"""GPU memory of the CUDA context, cuBLAS and llama.cpp's CUDA pools beyond its named buffers
+(nvidia-smi minus the buffers llama.cpp logs: 616-716 MiB on an H200, 27B and 35B-A3B shapes)."""
+
 NATIVE_CTX = 262_144
 YARN_MAX_CTX = 1_010_000
 
@@ -100,6 +116,7 @@ class Arch:
     ssm_d_state: int = 0
     ssm_n_group: int = 0
     ssm_d_inner: int = 0
+    embd_bytes: int = 0  # bytes of the token embedding in the GGUF (0: estimate from the quantization)
 
     @property
     def n_recurrent_layers(self) -> int:
@@ -156,6 +173,7 @@ class Arch:
             ssm_d_state=get("ssm.state_size", 0),
             ssm_n_group=get("ssm.group_count", 0),
             ssm_d_inner=inner,
+            embd_bytes=int(meta.get("narrative.token_embd_bytes", 0)),
         )
 
 
@@ -253,19 +271,22 @@ class Plan:
     output: int
     compute: int
     on_gpu: bool
+    runtime: int = 0
 
     @property
     def total(self) -> int:
-        return self.weights + self.kv + self.recurrent + self.output + self.compute
+        return self.weights + self.kv + self.recurrent + self.output + self.compute + self.runtime
 
     def rows(self) -> list[tuple[str, int]]:
-        return [
-            ("weights", self.weights),
+        rows = [
+            ("weights" + (" (token embedding in host memory)" if self.on_gpu else ""), self.weights),
             (f"KV cache ({self.n_ctx:,} cells, {self.type_k}/{self.type_v})", self.kv),
             (f"recurrent state ({self.n_seq_max} seq)", self.recurrent),
             ("output + compute (estimate)", self.output + self.compute),
-            ("total", self.total),
         ]
+        if self.runtime:
+            rows.append(("CUDA runtime", self.runtime))
+        return rows + [("total", self.total)]
 
 
 def plan(
@@ -289,12 +310,24 @@ def plan(
     """
     if weights_bytes is None:
         weights_bytes = int(arch.params_b * 1e9 * QUANT_BPW[quant] / 8)
+    n_seq = max(1, n_seq_max)
+    per_seq = -(-(n_ctx // n_seq) // 256) * 256  # llama.cpp pads the cells of a sequence to 256
+    n_ctx = per_seq * n_seq
     kv = math.ceil(n_ctx * arch.kv_bytes_per_token(type_k, type_v))
-    rec = arch.recurrent_bytes_per_seq() * max(1, n_seq_max)
-    output = 4 * arch.n_vocab * max(1, n_seq_max)
+    rec = arch.recurrent_bytes_per_seq() * n_seq
+    output = 4 * arch.n_vocab * n_seq
     conv_ch = arch.ssm_d_inner + 2 * arch.ssm_n_group * arch.ssm_d_state if arch.ssm_d_inner else 0
-    compute = 4 * n_ubatch * arch.n_vocab + int(1.5 * 4 * n_ubatch * max(arch.n_embd, arch.n_ff, conv_ch))
-    return Plan(label or arch.name, arch, n_ctx, n_seq_max, type_k, type_v, weights_bytes, kv, rec, output, compute, on_gpu)
+    runtime = 0
+    if on_gpu:
+        embd = arch.embd_bytes or int(arch.n_vocab * arch.n_embd * QUANT_BPW[quant] / 8)
+        weights_bytes = max(0, weights_bytes - embd)
+        cast = sum(2 * arch.n_head_kv * arch.head_dim for t in (type_k, type_v) if t != "f16")  # f16 copies of quantized K/V
+        per_cell = 2 * n_ubatch + n_seq * cast
+        compute = 16 * n_ubatch * max(arch.n_embd, conv_ch) + per_seq * per_cell
+        runtime = CUDA_RUNTIME
+    else:
+        compute = 4 * n_ubatch * arch.n_vocab + int(1.5 * 4 * n_ubatch * max(arch.n_embd, arch.n_ff, conv_ch))
+    return Plan(label or arch.name, arch, n_ctx, n_seq_max, type_k, type_v, weights_bytes, kv, rec, output, compute, on_gpu, runtime)
 
 
 def read_gguf_metadata(path: Path) -> tuple[dict[str, str], int]:
@@ -312,6 +345,9 @@ def read_gguf_metadata(path: Path) -> tuple[dict[str, str], int]:
         raise RuntimeError("reading GGUF metadata needs the 'gguf' package (pip install gguf)") from None
     r = gguf.GGUFReader(str(path))
     meta: dict[str, str] = {}
+    for t in r.tensors:
+        if t.name == "token_embd.weight":
+            meta["narrative.token_embd_bytes"] = str(int(t.n_bytes))
     for k, f in r.fields.items():
         if k.startswith("tokenizer.ggml.tokens"):
             meta["narrative.n_vocab"] = str(len(f.data))
@@ -333,7 +369,7 @@ def table(plans: list[Plan]) -> str:
     for p in plans:
         out.append(
             f"| {p.label} | {p.n_ctx:,} x{p.n_seq_max} seq | {p.type_k} | {fmt_gib(p.weights)} | {fmt_gib(p.kv)} | "
-            f"{fmt_gib(p.recurrent)} | {fmt_gib(p.output + p.compute)} | {fmt_gib(p.total)} |"
+            f"{fmt_gib(p.recurrent)} | {fmt_gib(p.output + p.compute + p.runtime)} | {fmt_gib(p.total)} |"
         )
     return "\n".join(out)
 

@@ -3,11 +3,14 @@
 `bridge.server` is a thin adapter from wire messages to these calls and from
 their results back to wire messages; it never reaches into the dialogue
 engine, the retriever or the lore index. Calls that run a model or touch the
-index are blocking: the server runs them on its decode worker thread.
+index are blocking: the server runs them on its decode worker thread, except
+`turn`, which it runs on a pool of `turn_slots` threads: turns of different
+conversations decode together (continuous batching, `narrative.scheduler`),
+each call blocking until its reply is done.
 
 Errors: every request-level failure is a `ServiceError` whose ``code`` is the
 wire error code of ``bridge/PROTOCOL.md`` (``unknown_npc``, ``unknown_quest``,
-``invalid``, ``generation_failed``, ``context_overflow``), so the server maps all of them in one
+``invalid``, ``generation_failed``, ``context_overflow``, ``busy``), so the server maps all of them in one
 place. `EngineDead` is the fatal family (vLLM's ``EngineDeadError``): the model
 can serve no further request, and the server tells every client before it stops.
 
@@ -43,6 +46,7 @@ from narrative.batch.prompt import UnknownEntry
 from narrative.batch.spec import QuestSpec, SpecError, load_specs, parse_spec
 from narrative.dialogue import DialogueEngine, TurnResult
 from narrative.llm import ContextOverflow, ModelError
+from narrative.scheduler import Busy
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,17 @@ class InvalidRequestError(ServiceError):
     validate, lore a spec names that does not exist); the message names the field."""
 
     code = "invalid"
+
+
+class BusyError(ServiceError):
+    """Too many turns wait for the model (``[context] max_queue``): nothing was decoded; try again
+    after ``retry_after_ms`` (an estimate from recent turn durations)."""
+
+    code = "busy"
+
+    def __init__(self, message: str, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class GenerationFailedError(ServiceError):
@@ -170,6 +185,8 @@ def _domain_errors() -> Iterator[None]:
         raise InvalidRequestError(str(exc.args[0])) from None
     except SpecError as exc:
         raise InvalidRequestError(str(exc)) from None
+    except Busy as exc:
+        raise BusyError(str(exc), exc.retry_after_ms) from None
 
 
 class NarrativeService:
@@ -215,6 +232,12 @@ class NarrativeService:
         n_ctx = self.engine.model.n_ctx if self.engine is not None else 0
         return Limits(max_tokens=min(MAX_TOKENS, n_ctx // 2), n_ctx=n_ctx)
 
+    def turn_slots(self) -> int:
+        """How many `turn` calls may usefully block at once: turns decoding together
+        (``max_turns``) plus turns waiting for them (``max_queue``); 1 without a scheduler."""
+        sch = getattr(self.engine, "scheduler", None)
+        return sch.max_turns + sch.max_queue if sch is not None else 1
+
     def turn(
         self,
         session: str,
@@ -226,10 +249,15 @@ class NarrativeService:
         seed: int | None = None,
         cancel: threading.Event | None = None,
         on_text: Callable[[str], None] | None = None,
+        priority: int = 0,
+        client: str = "",
     ) -> TurnResult:
-        """One dialogue turn (`narrative.dialogue.DialogueEngine.turn`); blocking, streams through `on_text`.
+        """One dialogue turn (`narrative.dialogue.DialogueEngine.turn`); blocking, streams through `on_text`
+        (called on the model's stepping thread: it must not block). Other conversations' turns
+        decode in the same steps. `priority`: higher first while turns wait; `client`: fairness.
 
         Raises:
+            BusyError: ``max_queue`` turns already wait (nothing decoded; ``retry_after_ms`` says when to retry).
             UnknownNpcError: `npc` is not an NPC (raised before any token).
             narrative.llm.ModelError: the model failed on this turn (the server answers ``internal``).
             ContextOverflowError: `max_tokens` is over `limits`, or the line cannot fit at all.
@@ -240,14 +268,14 @@ class NarrativeService:
             raise ContextOverflowError(f"max_tokens {max_tokens} is over this sidecar's limit of {limit} (ready.limits.max_tokens)")
         try:
             with _domain_errors():
-                result = self._dialogue().turn(session, npc, line, max_tokens=max_tokens, temperature=temperature, seed=seed, cancel=cancel, on_text=on_text)
+                result = self._dialogue().turn(session, npc, line, max_tokens=max_tokens, temperature=temperature, seed=seed,
+                                               cancel=cancel, on_text=on_text, priority=priority, client=client)
         except ContextOverflow as exc:
             raise ContextOverflowError(str(exc)) from None
         except ModelError as exc:
-            if not isinstance(exc, ContextOverflow):
-                self._failures += 1
-                if self._failures >= FATAL_AFTER:
-                    raise EngineDead(f"{self._failures} turns in a row failed in the model; the last: {type(exc).__name__}: {exc}") from exc
+            self._failures += 1
+            if self._failures >= FATAL_AFTER:
+                raise EngineDead(f"{self._failures} turns in a row failed in the model; the last: {type(exc).__name__}: {exc}") from exc
             raise
         self._failures = 0
         return result
@@ -309,7 +337,18 @@ class NarrativeService:
                 n = sum(1 for e in index.entries.values() if e.kind != Kind.npc)
                 await on_event(LoreChanged(files=ev.files, entries=n, added=ev.report.added, deleted=ev.report.deleted))
 
-        await watch_lore(root, index, run_blocking, translate, stop)
+        lock = getattr(self.engine, "prepare_lock", None)
+
+        async def run_locked(fn, *args):  # a reload never runs while a turn selects lore
+            def call():
+                if lock is None:
+                    return fn(*args)
+                with lock:
+                    return fn(*args)
+
+            return await run_blocking(call)
+
+        await watch_lore(root, index, run_locked, translate, stop)
 
     # ---- content generation -------------------------------------------------
 

@@ -21,7 +21,7 @@ from narrative.llm.chat_format import ChatFormat
 from narrative.llm.embedder import LlamaEmbedder
 from narrative.llm.errors import ContextOverflow, GrammarRefused, KvCacheFull, ModelError, StateError
 from narrative.llm.json_gen import JSON_GENERATOR, JsonGeneration, generate_json, json_schema_grammar
-from narrative.llm.model import Generation, LlamaModel, Sampler, read_model_metadata, resolve_model_path
+from narrative.llm.model import Generation, LlamaModel, Sampler, StateBuffer, read_model_metadata, resolve_model_path
 from narrative.llm.sampling import SamplingParams
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "ModelError",
     "Sampler",
     "SamplingParams",
+    "StateBuffer",
     "StateError",
     "generate_json",
     "json_schema_grammar",

@@ -174,6 +174,95 @@ def _load_llama(path: Path, kwargs: dict, n_seq_max: int):
             low.llama_context_default_params = original
 
 
+class StateBuffer:
+    """One serialized sequence state in a reusable host buffer (see `LlamaModel.state_get`).
+
+    ``len()`` is the state's size in bytes; `view` gives them without a copy.
+    Reference-counted: `share` when a second owner keeps it (a conversation that
+    started from another's checkpoint), `release` when an owner drops it; at 0 the
+    buffer goes back to its model's pool and must not be read any more.
+    """
+
+    __slots__ = ("buf", "n", "refs", "_pool")
+
+    def __init__(self, capacity: int, pool: "_StatePool | None" = None) -> None:
+        # A plain ctypes array. Tried: anonymous mmap with MADV_HUGEPAGE (lazy zero pages, 2 MiB
+        # faults): turns on the H200 machine got slower (32k-lore turn TTFT p50 149 -> 224 ms,
+        # docs/batching-h200.md), likely THP compaction at fault time (defrag=madvise there).
+        self.buf = (ctypes.c_uint8 * max(1, capacity))()
+        self.n = 0
+        self.refs = 1
+        self._pool = pool
+
+    @property
+    def capacity(self) -> int:
+        return len(self.buf)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def view(self) -> memoryview:
+        """The state's bytes without a copy (valid while this buffer is held)."""
+        return memoryview(self.buf).cast("B")[: self.n]
+
+    def __bytes__(self) -> bytes:
+        return bytes(self.view())
+
+    def share(self) -> "StateBuffer":
+        self.refs += 1
+        return self
+
+    def release(self) -> None:
+        self.refs -= 1
+        if self.refs == 0 and self._pool is not None:
+            self._pool.give(self)
+
+
+class _StatePool:
+    """Free `StateBuffer`s by capacity. Checkpoints of one model all have the same size,
+    so after the first turns every checkpoint reuses a buffer whose pages are already mapped."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.free: dict[int, list[StateBuffer]] = {}
+        self.allocated = 0  # buffers created (a counter for tests and stats)
+
+    def take(self, size: int) -> StateBuffer:
+        bufs = self.free.get(size)
+        if bufs:
+            b = bufs.pop()
+            b.refs, b.n = 1, 0
+            return b
+        self.allocated += 1
+        return StateBuffer(size, self)
+
+    def give(self, b: StateBuffer) -> None:
+        bufs = self.free.setdefault(b.capacity, [])
+        if len(bufs) < self.keep:
+            bufs.append(b)
+
+    def clear(self) -> None:
+        self.free.clear()
+
+
+def _state_pointer(data) -> tuple:
+    """(``uint8*`` pointer, length) of a state given as `StateBuffer`, ctypes array, bytes or a
+    writable buffer, without copying it (a read-only buffer other than bytes is copied once).
+    The pointer keeps what it points into alive."""
+    if isinstance(data, StateBuffer):
+        return data.buf, data.n
+    if isinstance(data, memoryview) and isinstance(data.obj, ctypes.Array) and not data.readonly:
+        return (ctypes.c_uint8 * data.nbytes).from_buffer(data), data.nbytes
+    if isinstance(data, ctypes.Array):
+        return data, len(data)
+    if isinstance(data, bytes):
+        return ctypes.cast(ctypes.c_char_p(data), ctypes.POINTER(ctypes.c_uint8)), len(data)
+    mv = memoryview(data).cast("B")
+    if mv.readonly:
+        return _state_pointer(bytes(mv))  # ctypes.cast keeps the bytes object referenced by the pointer
+    return (ctypes.c_uint8 * len(mv)).from_buffer(mv), len(mv)
+
+
 class LlamaModel:
     """A generation model on llama.cpp, fed token lists.
 
@@ -196,8 +285,10 @@ class LlamaModel:
         self._ctx = self.llm._ctx.ctx
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self._vocab = self.llm._model.vocab
+        self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self.n_batch = settings.n_batch
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._state_pool = _StatePool(keep=4 * settings.n_seq_max + 8)
         self.n_decoded = 0  # prompt + generated tokens fed to llama_decode by this object (a counter for tests and stats)
         self.memory_owner: object | None = None  # the narrative.context.ContextEngine whose conversations the sequences hold
         self._fingerprint: dict | None = None
@@ -360,6 +451,55 @@ class LlamaModel:
             done += m
             self.n_decoded += m
 
+    def decode_batch(self, items: Sequence[tuple[int, Sequence[int], int, bool]]) -> list[int]:
+        """One ``llama_decode`` over several sequences: ``items`` = (seq, tokens, pos0,
+        logits) each; all tokens together at most ``n_batch``.
+
+        Give the items sorted by sequence id: llama.cpp splits a batch over
+        several split-KV sequences (``kv_unified=false``, see `_load_llama`) into
+        micro-batches of *consecutive* sequence ids with the same number of
+        tokens each (``llama_batch_allocr::split_equal(sequential=true)``,
+        ``src/llama-batch.cpp``), so one token each of sequences 0..7 is one
+        pass over the weights while sequences {0, 2} take two.
+
+        Returns:
+            for each item, the batch index of its last token (whose logits a
+            `Sampler` reads with ``sample(index)``), -1 where ``logits`` is False.
+
+        Raises:
+            KvCacheFull: no free KV cells (llama_decode returned 1).
+            ModelError: any other decode failure, or more than ``n_batch`` tokens.
+        """
+        import llama_cpp
+
+        b = self._batch
+        total = sum(len(t) for _, t, _, _ in items)
+        if total > self.n_batch:
+            raise ModelError(f"decode_batch: {total} tokens exceed n_batch {self.n_batch}")
+        out: list[int] = []
+        i = 0
+        for seq, tokens, pos0, logits in items:
+            for j, tok in enumerate(tokens):
+                b.token[i] = tok
+                b.pos[i] = pos0 + j
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = seq
+                b.logits[i] = 0
+                i += 1
+            if logits and tokens:
+                b.logits[i - 1] = 1
+                out.append(i - 1)
+            else:
+                out.append(-1)
+        b.n_tokens = i
+        rc = llama_cpp.llama_decode(self._ctx, b)
+        if rc == 1:
+            raise KvCacheFull(f"no free KV cells for a batch of {i} tokens over sequences {[it[0] for it in items]} (n_ctx {self.n_ctx} each)")
+        if rc != 0:
+            raise ModelError(f"llama_decode failed with code {rc} on a batch of {i} tokens over sequences {[it[0] for it in items]}")
+        self.n_decoded += i
+        return out
+
     def seq_rm(self, seq: int, p0: int, p1: int = -1) -> bool:
         """Remove positions ``[p0, p1)`` of `seq` (-1 = to the end); False when the memory cannot (recurrent state)."""
         import llama_cpp
@@ -383,10 +523,20 @@ class LlamaModel:
 
         return int(llama_cpp.llama_memory_seq_pos_max(self._mem, seq))
 
-    def state_get(self, seq: int, *, partial: bool) -> bytes:
+    def state_get(self, seq: int, *, partial: bool) -> "StateBuffer":
         """Serialize sequence `seq`: with `partial`, only what cannot be trimmed
         (the recurrent state: ``LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY``, size independent
         of the context length); else the full state (KV cells + recurrent state).
+
+        llama.cpp writes straight into a host buffer taken from a pool of
+        buffers of that size (`StateBuffer`): no allocation and no second copy
+        per call once the pool is warm. A per-turn recurrent-state checkpoint of
+        Qwen3.5-27B is ~150 MiB; allocating and zero-filling a fresh ctypes
+        buffer and copying it into ``bytes`` cost ~185-195 ms per turn on an
+        H200 host where llama.cpp's own copy takes 14-17 ms
+        (../shared/notes/gpu-h200.md). Give the buffer back with
+        `StateBuffer.release` when dropping it. Full states (sizes vary with the
+        context held) get a buffer of their own, not pooled.
 
         Raises:
             StateError: llama.cpp wrote nothing.
@@ -394,16 +544,19 @@ class LlamaModel:
         import llama_cpp
 
         flags = llama_cpp.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY if partial else llama_cpp.LLAMA_STATE_SEQ_FLAGS_NONE
-        size = llama_cpp.llama_state_seq_get_size_ext(self._ctx, seq, flags)
-        buf = (ctypes.c_uint8 * size)()
-        n = llama_cpp.llama_state_seq_get_data_ext(self._ctx, buf, size, seq, flags)
+        size = int(llama_cpp.llama_state_seq_get_size_ext(self._ctx, seq, flags))
+        buf = self._state_pool.take(size) if partial else StateBuffer(size)
+        n = llama_cpp.llama_state_seq_get_data_ext(self._ctx, buf.buf, size, seq, flags)
         if n == 0 and size:
+            buf.release()
             raise StateError(f"llama_state_seq_get_data_ext wrote nothing for sequence {seq} (size {size})")
-        return bytes(memoryview(buf)[:n])
+        buf.n = int(n)
+        return buf
 
-    def state_set(self, seq: int, data: bytes, *, partial: bool) -> None:
-        """Load a state from `state_get` into sequence `seq` (replacing what `seq` held
-        for the parts the state covers).
+    def state_set(self, seq: int, data, *, partial: bool) -> None:
+        """Load a state from `state_get` (a `StateBuffer`, or the same bytes read back
+        from a file) into sequence `seq` (replacing what `seq` held for the parts the
+        state covers). No copy is made on the Python side.
 
         Raises:
             StateError: llama.cpp rejected the data (wrong model, size or layout).
@@ -411,9 +564,22 @@ class LlamaModel:
         import llama_cpp
 
         flags = llama_cpp.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY if partial else llama_cpp.LLAMA_STATE_SEQ_FLAGS_NONE
-        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        if llama_cpp.llama_state_seq_set_data_ext(self._ctx, buf, len(data), seq, flags) == 0:
-            raise StateError(f"llama.cpp rejected a {'partial' if partial else 'full'} state of {len(data)} bytes for sequence {seq}")
+        ptr, n = _state_pointer(data)
+        if llama_cpp.llama_state_seq_set_data_ext(self._ctx, ptr, n, seq, flags) == 0:
+            raise StateError(f"llama.cpp rejected a {'partial' if partial else 'full'} state of {n} bytes for sequence {seq}")
+
+    def argmax(self, index: int) -> int:
+        """The token with the largest logit at batch `index` of the last ``llama_decode`` (the
+        first one on a tie, as llama.cpp's greedy sampler). One numpy pass over the logits row
+        (~0.05 ms for a 248k vocabulary) instead of a sampler chain, which copies the whole row
+        into a candidate array on every call."""
+        import llama_cpp
+        import numpy as np
+
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx, index)
+        if not ptr:
+            raise ModelError(f"no logits at batch index {index}")
+        return int(np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).argmax())
 
     def sampler(self, params: SamplingParams) -> "Sampler":
         """A llama.cpp sampler chain for `params`: greedy when ``temperature <= 0``, else
@@ -459,6 +625,7 @@ class LlamaModel:
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
+        self._state_pool.clear()
         self.llm.close()
 
 
@@ -483,11 +650,12 @@ class Sampler:
             add(llama_cpp.llama_sampler_init_temp(params.temperature))
             add(llama_cpp.llama_sampler_init_dist(params.seed & 0xFFFFFFFF))
 
-    def sample(self) -> int:
-        """Sample from the logits of the last decoded token that requested them (and accept it)."""
+    def sample(self, index: int = -1) -> int:
+        """Sample from the logits of the token at batch `index` of the last ``llama_decode``
+        (-1: the last one that requested logits), and accept it."""
         import llama_cpp
 
-        return int(llama_cpp.llama_sampler_sample(self._chain, self._model._ctx, -1))
+        return int(llama_cpp.llama_sampler_sample(self._chain, self._model._ctx, index))
 
     def close(self) -> None:
         import llama_cpp

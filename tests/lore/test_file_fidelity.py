@@ -10,7 +10,7 @@ import pytest
 
 from lore.check import check_dir
 from lore.loader import LoreFileError, load_dir, load_file
-from tests.lore.helpers import NPC, lore_file, world
+from tests.lore.helpers import lore_file, world
 
 
 def lore(name: str, text: str = "Some lore.", **kw) -> dict:

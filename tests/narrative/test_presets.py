@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,7 @@ def test_plan_matches_llama_cpp_buffers_within_5_percent(fixture_paths, name, n_
     path = "bundled:smollm2" if name == "smollm2" else str(fixture_paths[name])
     meta, tensor_bytes = read_gguf_metadata(resolve_model_path(path))
     arch = Arch.from_gguf_metadata(meta)
-    p = plan(arch, n_ctx=n_ctx, n_seq_max=n_seq, type_k=kv_type, type_v=kv_type, weights_bytes=tensor_bytes)
+    p = plan(arch, n_ctx=n_ctx, n_seq_max=n_seq, type_k=kv_type, type_v=kv_type, weights_bytes=tensor_bytes, on_gpu=False)
     got = llama_buffers(path, n_ctx, n_seq, kv_type)
     want = {"weights": p.weights, "kv": p.kv, "recurrent": p.recurrent, "output": p.output, "compute": p.compute}
     if name == "smollm2":
@@ -89,7 +90,7 @@ def test_presets_settings_and_refusal():
         preset_settings("nope", "/m")
     p = plan(PRESETS["qwen3.5-27b-dialogue"].arch, n_ctx=262_144, type_k="q8_0", type_v="q8_0")
     check_fits([p], 32 << 30, "GPU memory")
-    with pytest.raises(DoesNotFit, match=r"needs 24\.\d\d GiB of GPU memory but 16\.00 GiB"):
+    with pytest.raises(DoesNotFit, match=r"needs 25\.\d\d GiB of GPU memory but 16\.00 GiB"):
         check_fits([p], 16 << 30, "GPU memory")
 
 
@@ -108,3 +109,28 @@ def test_sidecar_refuses_a_configuration_that_does_not_fit(tmp_path):
     with pytest.raises(DoesNotFit):
         build_runtime(s, sync=False)
     assert not any(tmp_path.iterdir())  # refused before the lore index (or anything) was opened
+
+
+# Peak GPU memory (nvidia-smi, MiB, from an idle GPU) of the shaped Q4_0 GGUFs on an H200, loaded by
+# benchmarks/gpu/plan_probe.py (a full 512-token micro-batch plus one token in every sequence), and the
+# files' tensor bytes (llama.cpp's CUDA0 + CPU_Mapped model buffers): docs/batching-h200.md.
+H200_PEAKS = [
+    # preset, cells per sequence, sequences, measured MiB
+    ("qwen3.5-27b-dialogue", 36096, 4, 20443),
+    ("qwen3.5-27b-dialogue", 135096, 4, 35247),
+    ("qwen3.5-35b-a3b-batch", 36096, 8, 23261),
+]
+SHAPED_WEIGHTS_MIB = {"qwen3.5-27b-dialogue": 13754.79 + 682.03, "qwen3.5-35b-a3b-batch": 18393.41 + 272.81}
+
+
+@pytest.mark.parametrize("preset,per_seq,seqs,measured_mib", H200_PEAKS)
+def test_gpu_plan_within_3_percent_of_the_measured_h200_peak(preset, per_seq, seqs, measured_mib):
+    from narrative.presets import PRESETS
+
+    pre = PRESETS[preset]
+    embd = pre.arch.n_vocab * pre.arch.n_embd * 18 // 32  # Q4_0 token embedding, kept in host memory
+    arch = replace(pre.arch, embd_bytes=embd)
+    weights = int(SHAPED_WEIGHTS_MIB[preset] * (1 << 20))
+    p = plan(arch, n_ctx=per_seq * seqs, n_seq_max=seqs, type_k="q8_0", type_v="q8_0", weights_bytes=weights, on_gpu=True)
+    got = p.total / (1 << 20)
+    assert abs(got - measured_mib) <= 0.03 * measured_mib, f"plan {got:,.0f} MiB, measured {measured_mib:,} MiB"

@@ -6,7 +6,6 @@ lore retriever is a fake (`tests.safety.world.OneNpcRetriever`), so the sidecar 
 
 from __future__ import annotations
 
-import threading
 import time
 
 import msgpack
