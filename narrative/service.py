@@ -227,7 +227,8 @@ class NarrativeService:
             with _domain_errors():
                 result = self._dialogue().turn(session, npc, line, max_tokens=max_tokens, temperature=temperature, seed=seed, cancel=cancel, on_text=on_text)
         except ModelError as exc:
-            if not isinstance(exc, ContextOverflow):
+            # a remote endpoint being down is not this engine dying (narrative.backends errors are recoverable)
+            if not isinstance(exc, ContextOverflow) and not getattr(exc, "recoverable", False):
                 self._failures += 1
                 if self._failures >= FATAL_AFTER:
                     raise EngineDead(f"{self._failures} turns in a row failed in the model; the last: {type(exc).__name__}: {exc}") from exc

@@ -43,6 +43,8 @@ class EndpointDown(ModelError):
     """The endpoint did not answer (transport failure or HTTP 429/5xx after the retries).
     ``streamed``: text had already reached the caller's ``on_text`` (no silent retry elsewhere)."""
 
+    recoverable = True  # the service does not count it toward EngineDead: the endpoint may come back
+
     def __init__(self, message: str, *, url: str, streamed: bool = False) -> None:
         super().__init__(message)
         self.url = url
@@ -51,6 +53,8 @@ class EndpointDown(ModelError):
 
 class EndpointRejected(ModelError):
     """The endpoint refused the request (HTTP 4xx other than 429, or an error in the stream)."""
+
+    recoverable = True
 
     def __init__(self, message: str, *, url: str, status: int = 0) -> None:
         super().__init__(message)

@@ -29,6 +29,8 @@ T = TypeVar("T")
 class AllEndpointsDown(ModelError):
     """Every endpoint of a role failed this request; the message has each one's reason."""
 
+    recoverable = True  # not fatal to the sidecar: the next request tries the endpoints again
+
 
 class Router:
     """The endpoints of one role (``dialogue`` or ``batch``), first preferred.

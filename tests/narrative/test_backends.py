@@ -151,25 +151,32 @@ def test_invalid_json_is_retried_then_reported_never_written(servers, entries, t
     assert f"### {SPECS[0]} (failed)" in report and "attempt 2:" in report
 
 
-def test_dialogue_turn_through_the_sidecar_from_an_endpoint(servers, sample_state, embedder):
+def remote_engine(sample_state, embedder, endpoints: list[EndpointSettings]):
+    """(settings, RemoteDialogueEngine) over the indexed sample world, on `endpoints` in order."""
     from app.runtime import open_index
-    from bridge.client import SidecarClient
-    from bridge.server import SidecarServer
     from lore.retrieve import Retriever
     from narrative.backends import Router
     from narrative.backends.dialogue import RemoteDialogueEngine, RemoteModel
-    from narrative.service import NarrativeService
-    from tests.conftest import ServerThread, make_settings
+    from tests.conftest import make_settings
 
-    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: the router falls back to A
     s = make_settings(sample_state)
-    s.dialogue_model = ModelSettings(backend="openai", remote_n_ctx=4096, endpoints=[
-        EndpointSettings(url=dead, retries=0), EndpointSettings(url=servers[0].url)])
+    s.dialogue_model = ModelSettings(backend="openai", remote_n_ctx=4096, endpoints=endpoints)
     index, _ = open_index(s, embedder)
     router = Router.from_settings("dialogue", s.dialogue_model.endpoints)
     model = RemoteModel.of(router, s.dialogue_model.remote_n_ctx)
-    engine = RemoteDialogueEngine(router, Retriever(index, model.count_tokens, s.lore), s.sampling, model)
-    st = ServerThread(SidecarServer(NarrativeService(engine, models={"dialogue": model.name}), s.server))
+    return s, RemoteDialogueEngine(router, Retriever(index, model.count_tokens, s.lore), s.sampling, model)
+
+
+def test_dialogue_turn_through_the_sidecar_from_an_endpoint(servers, sample_state, embedder):
+    from bridge.client import SidecarClient
+    from bridge.server import SidecarServer
+    from narrative.service import NarrativeService
+    from tests.conftest import ServerThread
+
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: the router falls back to A
+    s, engine = remote_engine(sample_state, embedder, [EndpointSettings(url=dead, retries=0), EndpointSettings(url=servers[0].url)])
+    router = engine.router
+    st = ServerThread(SidecarServer(NarrativeService(engine, models={"dialogue": engine.model.name}), s.server))
     endpoint = st.start()
     npc = "odile-brask"
     try:
@@ -192,6 +199,19 @@ def test_dialogue_turn_through_the_sidecar_from_an_endpoint(servers, sample_stat
     assert msgs[0]["role"] == "system" and "Odile" in msgs[0]["content"]
     assert [t.player for t in conv.turns] == ["Good evening. What is the Cracked Bellows famous for?", "And who is Pell Sedgewick?"]
     assert "pell-sedgewick" in done2.lore
+
+
+def test_every_endpoint_down_fails_the_turn_not_the_sidecar(sample_state, embedder):
+    from narrative.backends import AllEndpointsDown
+    from narrative.service import FATAL_AFTER, NarrativeService
+
+    dead = [EndpointSettings(url=f"http://127.0.0.1:{free_port()}/v1", retries=0) for _ in range(2)]
+    _, engine = remote_engine(sample_state, embedder, dead)
+    service = NarrativeService(engine)
+    for _ in range(FATAL_AFTER + 1):  # not EngineDead: the endpoints may come back
+        with pytest.raises(AllEndpointsDown, match="every dialogue endpoint is down"):
+            service.turn("s", "odile-brask", "Hello?", max_tokens=4)
+    assert not engine.conversations[("s", "odile-brask")].turns
 
 
 def test_models_shows_backends_and_health(servers, tmp_path):
