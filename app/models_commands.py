@@ -109,7 +109,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             rows.append((role, "openai", "-", "NO ENDPOINTS configured"))
             bad += 1
         for i, e in enumerate(ms.endpoints):
-            where = f"{e.url} ({'loopback' if is_loopback(e.url) else 'OFFSITE'}, x{e.concurrency}{', fallback' if i else ''})"
+            where = f"{e.url} ({'loopback' if is_loopback(e.url) else 'OFFSITE'}, x{e.concurrency}{', fallback' if i and role == 'dialogue' else ''})"
             try:
                 ep = OpenAIEndpoint(e)
                 h = ep.health()
