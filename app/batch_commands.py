@@ -2,6 +2,7 @@
 
     narrative batch SPECS --out DIR            generate what changed (progress bar, summary, report.md)
     narrative batch SPECS --out DIR --dry-run  list what would be generated and why
+    narrative batch SPECS --out DIR --endpoint URL --endpoint URL   fan out over OpenAI-compatible servers
     narrative batch-import cdda|flare SRC --out DIR   convert a game's quests into specs + lore + reference text
     narrative batch-review OUT_DIR --import-dir DIR [--max-chars N]   our text beside the designers', stage by stage (Markdown)
 
@@ -12,15 +13,40 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
+
+
+def use_endpoints(model_settings, urls: list[str], concurrency: int | None) -> None:
+    """Point a role at the OpenAI-compatible endpoints `urls` (``--endpoint``, repeatable).
+
+    Naming a URL on the command line is the opt-in for sending prompts there (``allow_offsite``);
+    other endpoint fields (model, api_key_env, timeouts, extra_body...) come from the role's first
+    configured endpoint, if any.
+    """
+    from narrative.settings import EndpointSettings
+
+    base = model_settings.endpoints[0].model_dump(exclude={"url", "allow_offsite"}) if model_settings.endpoints else {}
+    if concurrency:
+        base["concurrency"] = concurrency
+    model_settings.backend = "openai"
+    model_settings.endpoints = [EndpointSettings(url=u, allow_offsite=True, **base) for u in urls]
 
 
 def cmd_batch(args: argparse.Namespace, settings) -> int:
     from app.runtime import sync_lore
     from lore.loader import load_catalog
+    from narrative.backends import AllEndpointsDown, egress_notice
     from narrative.batch.generator import BatchOptions
     from narrative.batch.runner import OutputLocked, UnknownQuest, run_batch
 
+    if args.endpoints:
+        use_endpoints(settings.batch_model, args.endpoints, args.concurrency)
+    elif args.concurrency:
+        for e in settings.batch_model.endpoints:
+            e.concurrency = args.concurrency
+    for line in egress_notice({"batch": settings.batch_model}):
+        print(line, file=sys.stderr)
     if args.model:
         settings.batch_model.path = args.model
     if args.threads:
@@ -29,11 +55,14 @@ def cmd_batch(args: argparse.Namespace, settings) -> int:
     options = BatchOptions(strict=args.strict, retry_on_findings=not args.no_retry_on_findings, quality_gate=not args.no_quality_gate, **changes)
     try:
         entries = load_catalog(settings.lore.dir) if args.lore_files else sync_lore(settings)
-        summary = run_batch(
+        run = run_batch
+        if settings.batch_model.backend == "openai":
+            from narrative.batch.fanout import run_fanout as run
+        summary = run(
             args.specs, args.out, settings.batch_model, options, entries, force=args.force, dry_run=args.dry_run, only=args.only,
             progress=not args.no_progress,
         )
-    except (OutputLocked, UnknownQuest) as exc:
+    except (OutputLocked, UnknownQuest, AllEndpointsDown) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for p in summary.spec_problems:
@@ -49,6 +78,9 @@ def cmd_batch(args: argparse.Namespace, settings) -> int:
         if r.status == "failed":
             print(f"FAILED {r.quest_id}: {r.error}", file=sys.stderr)
     print(summary.line())
+    by_endpoint = Counter(r.endpoint for r in summary.items if r.endpoint and r.status in ("ok", "flagged"))
+    if by_endpoint:
+        print("per endpoint: " + ", ".join(f"{url} {n}" for url, n in sorted(by_endpoint.items())))
     print(f"report: {args.out / 'report.md'}")
     return 1 if summary.failed else 0
 
@@ -85,6 +117,9 @@ def register(sub, common: argparse.ArgumentParser, wrap) -> None:
     p.add_argument("--only", nargs="+", metavar="ID", help="only these quest ids")
     p.add_argument("--model", help="batch model GGUF path (default settings batch_model.path, bundled:smollm2)")
     p.add_argument("--threads", type=int, help="CPU threads of the batch model")
+    p.add_argument("--endpoint", action="append", dest="endpoints", metavar="URL",
+                   help="OpenAI-compatible server to generate on (repeatable: items fan out over all of them), e.g. http://gpu1:8080/v1")
+    p.add_argument("--concurrency", type=int, metavar="N", help="requests in flight per endpoint (default: the settings', 1)")
     p.add_argument("--seed", type=int)
     p.add_argument("--max-tokens", type=int, help="sampled tokens per attempt (default 700)")
     p.add_argument("--retries", type=int, help="extra attempts per item (default 2)")

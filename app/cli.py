@@ -47,6 +47,7 @@ e.g. NARRATIVE_DIALOGUE_MODEL__PATH=/models/Qwen3.5-27B-Q4_K_M.gguf"""
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.runtime import build_runtime
     from bridge.server import InsecureEndpoint, SidecarServer, check_exposure, serve_forever
+    from narrative.backends import egress_notice
 
     s = settings_from_args(args)
     try:
@@ -54,6 +55,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except InsecureEndpoint as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for line in egress_notice({"dialogue": s.dialogue_model, "batch": s.batch_model}):  # say so when text leaves the process
+        print(line, file=sys.stderr)
     rt = build_runtime(s, progress=True)
     if rt.report:
         print(f"lore: {rt.report.summary()}", file=sys.stderr)
@@ -198,7 +201,7 @@ point [dialogue_model] / [batch_model] path at a real GGUF in --config.""",
 
     from app.models_commands import register as add_models_commands
 
-    add_models_commands(sub, common)  # models plan
+    add_models_commands(sub, common)  # models (backends and health), models plan
     return ap
 
 

@@ -1,4 +1,5 @@
-"""``narrative models plan``: the memory a model configuration needs, before loading it (`narrative.presets`)."""
+"""``narrative models``: the configured backends of each role and their health; ``narrative models plan``:
+the memory a model configuration needs, before loading it (`narrative.presets`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ from narrative.presets import KV_BYTES, NATIVE_CTX, PRESETS, QUANT_BPW, YARN_MAX
 
 
 def register(sub, common: argparse.ArgumentParser) -> None:
-    """Register ``narrative models plan`` on the CLI's subparsers."""
-    models = sub.add_parser("models", help="model presets and memory plans").add_subparsers(dest="models_cmd", required=True, metavar="MODELS_COMMAND")
+    """Register ``narrative models`` and ``narrative models plan`` on the CLI's subparsers."""
+    top = sub.add_parser("models", parents=[common], help="configured backends and their health; model presets and memory plans")
+    top.set_defaults(func=cmd_status)
+    models = top.add_subparsers(dest="models_cmd", required=False, metavar="MODELS_COMMAND")
+    models.add_parser("status", parents=[common], help="each role's backend and its health (the default)").set_defaults(func=cmd_status)
     p = models.add_parser("plan", help="memory a dialogue (+ batch) model configuration needs, before loading it")
     p.add_argument("--preset", default="qwen3.5-27b-dialogue", help=f"dialogue preset: {', '.join(PRESETS)}")
     p.add_argument("--ctx", type=int, help="context per conversation in tokens (default: 32k, 262k and 1,010,000 with f16/q8_0/q4_0)")
@@ -79,3 +83,46 @@ def cmd_plan(args: argparse.Namespace) -> int:
             verdict = f"does NOT fit: dialogue alone needs {fmt_gib(d.total)}; the sidecar refuses this configuration"
         print(f"{fmt_gib(cap):>12} GPU: {verdict}")
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Each role's backend: in process (the GGUF file found or not) or its endpoints (``GET /models``:
+    up with the models served and the latency, or why not). Exit 1 when something is down."""
+    from app.settings import settings_from_args
+    from narrative.backends import OpenAIEndpoint, egress_notice
+    from narrative.llm import ModelError, resolve_model_path
+    from narrative.settings import is_loopback
+
+    s = settings_from_args(args)
+    roles = {"dialogue": s.dialogue_model, "batch": s.batch_model, "embedding": s.embedding}
+    rows, bad = [], 0
+    for role, ms in roles.items():
+        if getattr(ms, "backend", "llama.cpp") == "llama.cpp":
+            try:
+                path = resolve_model_path(ms.path)
+                health = f"ok: {path.name} ({path.stat().st_size / 1e6:.1f} MB)"
+            except ModelError as exc:
+                health, bad = f"MISSING: {exc}", bad + 1
+            rows.append((role, "llama.cpp", f"{ms.path} (in process)", health))
+            continue
+        if not ms.endpoints:
+            rows.append((role, "openai", "-", "NO ENDPOINTS configured"))
+            bad += 1
+        for i, e in enumerate(ms.endpoints):
+            where = f"{e.url} ({'loopback' if is_loopback(e.url) else 'OFFSITE'}, x{e.concurrency}{', fallback' if i and role == 'dialogue' else ''})"
+            try:
+                ep = OpenAIEndpoint(e)
+                h = ep.health()
+                ep.close()
+                health = f"up, {h.latency_ms:.0f} ms, models: {', '.join(h.models) or '-'}" if h.ok else f"DOWN: {h.error}"
+                bad += not h.ok
+            except ModelError as exc:
+                health, bad = f"NOT USABLE: {exc}", bad + 1
+            rows.append((role if i == 0 else "", "openai" if i == 0 else "", where, health))
+    w = [max(len(r[i]) for r in rows + [("role", "backend", "where", "")]) for i in range(3)]
+    print(f"{'role':{w[0]}}  {'backend':{w[1]}}  {'where':{w[2]}}  health")
+    for r in rows:
+        print(f"{r[0]:{w[0]}}  {r[1]:{w[1]}}  {r[2]:{w[2]}}  {r[3]}")
+    for line in egress_notice({"dialogue": s.dialogue_model, "batch": s.batch_model}):
+        print(line)
+    return 1 if bad else 0

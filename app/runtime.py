@@ -10,6 +10,8 @@ from app.settings import Settings
 from lore.index import IndexReport, LoreIndex
 from lore.retrieve import Retriever
 from lore.schema import LoreEntry
+from narrative.backends import Router, quest_generator
+from narrative.backends.dialogue import RemoteDialogueEngine, RemoteModel
 from narrative.batch.generator import BatchOptions, QuestGenerator
 from narrative.dialogue import DialogueEngine
 from narrative.llm import LlamaEmbedder, LlamaModel
@@ -47,11 +49,11 @@ def sync_lore(settings: Settings) -> dict[str, LoreEntry]:
 @dataclass
 class Runtime:
     settings: Settings
-    model: LlamaModel
+    model: LlamaModel | RemoteModel
     embedder: LlamaEmbedder
     index: LoreIndex
     retriever: Retriever
-    engine: DialogueEngine
+    engine: DialogueEngine | RemoteDialogueEngine
     report: IndexReport | None
 
     def model_names(self) -> dict[str, str]:
@@ -59,9 +61,10 @@ class Runtime:
 
     def service(self, quests: QuestGenerator | None = None, specs_dir: Path | None = None) -> "NarrativeService":
         """The service the bridge serves: this runtime's engine, and `quests` (default: a generator on
-        ``batch_model`` over the live lore catalog; its model loads on the first ``generate``)."""
+        ``batch_model`` over the live lore catalog, in process or on its endpoints; an in-process
+        model loads on the first ``generate``)."""
         if quests is None:
-            quests = QuestGenerator(self.settings.batch_model, BatchOptions(), self.index.entries)
+            quests = quest_generator(self.settings.batch_model, BatchOptions(), self.index.entries)
         return NarrativeService(self.engine, models=self.model_names(), quests=quests, specs_dir=specs_dir or QUESTS_DIR)
 
 
@@ -72,7 +75,8 @@ def build_runtime(settings: Settings, lore_dir: Path | None = None, sync: bool =
         narrative.llm.ModelError: a model cannot be loaded (or does not fit: `narrative.presets.DoesNotFit`).
         FileNotFoundError: the lore folder does not exist (when syncing).
     """
-    ensure_fits(settings.dialogue_model, settings.context.memory_budget_gib)  # refuse before loading anything, with the numbers
+    if settings.dialogue_model.backend == "llama.cpp":
+        ensure_fits(settings.dialogue_model, settings.context.memory_budget_gib)  # refuse before loading anything, with the numbers
     index, embedder = open_index(settings)
     report = None
     if sync:
@@ -80,8 +84,15 @@ def build_runtime(settings: Settings, lore_dir: Path | None = None, sync: bool =
         for problem in report.problems:
             log.warning("%s", problem)
         log.info("lore index: %s", report.summary())
-    model = LlamaModel(settings.dialogue_model)
-    retriever = Retriever(index, model.count_tokens, settings.lore)
+    ms = settings.dialogue_model
+    if ms.backend == "openai":  # the model is behind HTTP endpoints; lore and history stay here
+        router = Router.from_settings("dialogue", ms.endpoints)
+        model = RemoteModel.of(router, ms.remote_n_ctx)
+        retriever = Retriever(index, model.count_tokens, settings.lore)
+        engine = RemoteDialogueEngine(router, retriever, settings.sampling, model, ms.seed)
+    else:
+        model = LlamaModel(ms)
+        retriever = Retriever(index, model.count_tokens, settings.lore)
+        engine = DialogueEngine(model, retriever, settings.sampling, settings.context, settings.state_dir)
     retriever.warm()
-    engine = DialogueEngine(model, retriever, settings.sampling, settings.context, settings.state_dir)
     return Runtime(settings, model, embedder, index, retriever, engine, report)

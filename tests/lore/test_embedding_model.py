@@ -10,7 +10,7 @@ from tests.conftest import ROOT
 def test_minilm_gguf_embeds_like_the_model_card():
     pytest.importorskip("gguf")
     from lore.embedding_model import EmbeddingModelError, minilm_gguf
-    from narrative.models import LlamaEmbedder
+    from narrative.llm import LlamaEmbedder
     from narrative.settings import EmbeddingSettings
 
     try:

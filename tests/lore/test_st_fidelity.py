@@ -161,7 +161,7 @@ def test_every_corpus_card_exports_back_to_itself(tmp_path):
 
 
 def test_cli_exports_an_npc_as_a_png_card(tmp_path, capsys):
-    from narrative.cli import main
+    from app.cli import main
 
     src = write_json(tmp_path / "s.json", card("Sera", [{"keys": ["forest"], "content": "The forest.", "enabled": True, "insertion_order": 5}]))
     assert main(["lore", "import", str(src), "--into", str(tmp_path / "lore")]) == 0
