@@ -93,7 +93,8 @@ def test_world_info_js_only_regex_keys_translate_or_skip_per_entry(tmp_path):
     res = import_file(src, tmp_path / "lore")
     assert res.entries == 4
     assert any("Money" in w and "\\p{Sc}" in w for w in res.warnings), res.warnings
-    assert any("Behind" in w for w in res.warnings), res.warnings
+    # a variable-width lookbehind: Python's re refuses it; the keys' engine (the regex module, lore.regex_guard) runs it
+    assert not any("Behind" in w for w in res.warnings), res.warnings
     (tmp_path / "lore" / "tester.md").write_text(lore_file(kind="npc", name="Tester", npc=NPC))
     r = retriever(tmp_path / "lore", tmp_path / "state")
 
@@ -103,6 +104,7 @@ def test_world_info_js_only_regex_keys_translate_or_skip_per_entry(tmp_path):
     assert hits("DRAGONdrag") == {"Named"}
     assert hits("welcome to Émerville") == {"Letters"}
     assert hits("what is the price?") == {"Money"}  # the untranslatable key is skipped, the other key still works
+    assert hits("aab") == {"Behind"}
     # the export gives SillyTavern its keys back as written
     out = export_world_info(list(loaded(res.folder).values()))
     assert out["entries"]["2"]["key"] == ["/\\p{Sc}\\d+/u", "price"]
