@@ -389,10 +389,14 @@ class SidecarServer:
 
     async def _stream(self, ident: bytes, msg: p.Say, cancel: threading.Event) -> None:
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue(maxsize=self.settings.stream_queue)
+        queue: asyncio.Queue = asyncio.Queue()
 
-        def put(item: object) -> None:  # decoding thread: blocks while the queue is full
-            asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+        def put(item: object) -> None:
+            # the model's stepping thread, which advances every NPC's turn: it must never wait for this loop
+            # (a blocking put cost each stream a loop round trip per token and stalled all turns while the loop
+            # was busy). Unbounded is safe: sends never block (a reader that does not read loses its replies),
+            # so the loop drains it, and a turn holds at most max_tokens pieces.
+            loop.call_soon_threadsafe(queue.put_nowait, item)
 
         def work():
             try:

@@ -11,7 +11,7 @@ class ServerSettings(BaseModel):
     endpoint: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ endpoint the sidecar binds. Loopback by default; any other address needs CurveZMQ (curve_secret_key_file + curve_allowed_clients_dir) or allow_insecure_remote.")
     max_frame_bytes: int = Field(64 * 1024, ge=256, description="Largest request payload answered; bigger gets error 'frame_too_large'.")
     hard_max_frame_bytes: int = Field(1024 * 1024, ge=1024, description="ZMQ_MAXMSGSIZE: libzmq drops the connection of a peer sending more.")
-    stream_queue: int = Field(64, ge=1, description="Chunks buffered between the decoding thread and the socket (backpressure).")
+    stream_queue: int = Field(64, ge=1, description="Unused since turns are batched (kept so existing settings files load): the model's stepping thread hands chunks to the socket loop without waiting, and sends never block.")
     peer_timeout_s: float = Field(30.0, gt=0, description="ZMTP heartbeat timeout (ZMQ_HEARTBEAT_TIMEOUT/TTL): libzmq drops a peer that answers no heartbeat this long, and its running stream is then cancelled on the next send.")
     send_hwm: int = Field(1000, ge=1, description="ZMQ_SNDHWM: replies buffered per peer. A peer that does not read past this loses its replies (counted, logged once per peer) and its running stream is cancelled; nobody else waits for it.")
     max_queued_per_client: int = Field(8, ge=1, description="Requests one connection may have queued or running on the decode worker (say, reset, lore.query, lore.explain, generate); more get error 'busy' with retry_after_ms.")
