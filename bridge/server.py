@@ -522,9 +522,9 @@ class _PeerGone(Exception):
 
 
 def _error(request_id: str, exc: BaseException) -> p.Error:
-    """The wire error for an exception: a `ServiceError`'s own code, else ``internal``."""
+    """The wire error for an exception: a `ServiceError`'s own code (and a busy one's retry hint), else ``internal``."""
     if isinstance(exc, ServiceError):
-        return p.Error(id=request_id, code=exc.code, message=exc.message)
+        return p.Error(id=request_id, code=exc.code, message=exc.message, retry_after_ms=getattr(exc, "retry_after_ms", None))
     return p.Error(id=request_id, code=p.ErrorCode.INTERNAL, message=f"{type(exc).__name__}: {exc}")
 
 

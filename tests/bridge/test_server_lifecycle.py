@@ -133,3 +133,30 @@ def test_ping_is_answered_while_a_lore_query_waits_for_the_worker():
     finally:
         st.stop()
     assert st.error is None
+
+
+class BusyEngine(FailingEngine):
+    """A fake dialogue engine (named as one) whose model queue is always full, as the scheduler's Busy."""
+
+    def turn(self, *args, **kwargs):
+        from narrative.scheduler import Busy
+
+        raise Busy("64 turns wait for the model", retry_after_ms=1500)
+
+
+def test_a_full_model_queue_is_busy_with_its_retry_hint_on_the_wire():
+    server = SidecarServer(NarrativeService(BusyEngine()), ServerSettings(endpoint="tcp://127.0.0.1:*"))
+    st = ServerThread(server)
+    endpoint = st.start()
+    try:
+        with SidecarClient(endpoint, timeout_s=10) as c:
+            c.hello("t")
+            from bridge import protocol as p
+            from bridge.client import new_id
+
+            rid = c.send(p.Say(id=new_id(), npc="fake-npc", text="hello"))
+            err = c.recv(rid)
+            assert err.type == "error" and err.code == "busy" and err.retry_after_ms == 1500, err
+    finally:
+        st.stop()
+    assert st.error is None
