@@ -150,8 +150,12 @@ class RemoteDialogueEngine:
         seed: int | None = None,
         cancel: threading.Event | None = None,
         on_text: Callable[[str], None] | None = None,
+        priority: int = 0,
+        client: str = "",
     ) -> TurnResult:
-        """One turn: select lore here, stream the reply from the first endpoint up.
+        """One turn: select lore here, stream the reply from the first endpoint up. `priority` and
+        `client` are accepted as by `narrative.dialogue.DialogueEngine.turn` and not used: the
+        endpoints' own servers schedule what they are sent.
 
         Raises:
             lore.retrieve.UnknownNpc: `npc_id` is not an NPC.
