@@ -62,7 +62,10 @@ def start_server(runtime, endpoint: str) -> ServerThread:
     from bridge.server import SidecarServer
     from bridge.settings import ServerSettings
 
-    st = ServerThread(SidecarServer(runtime.service(), ServerSettings(endpoint=endpoint)))
+    from narrative.service import NarrativeService
+
+    # no quest generator: `generate` is refused with a typed error (ClientTests.cs Lore), without generating a quest
+    st = ServerThread(SidecarServer(NarrativeService(runtime.engine, models=runtime.model_names()), ServerSettings(endpoint=endpoint)))
     st.start()
     return st
 

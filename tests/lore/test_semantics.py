@@ -165,11 +165,11 @@ def test_budget_overflow_is_reported_by_priority(tmp_path):
         "high": lore("High", words, keys=["storm"], order=500, name_is_key=False),
         "mid": lore("Mid", words, keys=["storm"], order=100, name_is_key=False),
         "tiny": lore("Tiny", "short", keys=["storm"], order=1, name_is_key=False),
-    }, token_budget=75)
+    }, token_budget=80)  # rendered as prose: 35 "tokens" (words) per big entry, 6 for the tiny one: two big + tiny fit, a third big does not
     sel = r.select("tester", "a storm is coming")
     assert turn_ids(sel) == ["high", "mid", "tiny"][:2] + ["tiny"]
     assert dropped(sel) == {"low": BUDGET}
-    assert sel.used <= 75 and sel.used == sum(p.tokens for p in sel.turn)
+    assert sel.used <= 80 and sel.used == sum(p.tokens for p in sel.turn)
     assert sel.dropped[0].tokens == r.tokens(sel.dropped[0].entry) > 30
 
 

@@ -171,6 +171,7 @@ static class ClientTests
         var ex = (LoreExplanation)byType["lore.explanation"];
         Check(ex.Budget == 400 && ex.Included[0].Key == "barge" && ex.Dropped[0].Reason == "scope" && ex.Included[0].Similarity == null, "lore.explanation fields");
         Check(byType["lore.changed"].IsEvent && ((LoreChanged)byType["lore.changed"]).Entries == 42, "lore.changed is an event");
+        Check(byType["shutdown"].IsEvent && ((Shutdown)byType["shutdown"]).Reason == "stopping", "shutdown is an event with its reason");
         Check(((LoreFileError)byType["lore.error"]).Line == 3, "lore.error fields");
         var gen = (GenerateResult)byType["generate.result"];
         Check(gen.Status == "flagged" && gen.Findings[0].Check == "must_mention" && gen.Output.GetString("title") == "The Red Seal" && gen.Timings["decode_ms"] == 6200.0, "generate.result fields");

@@ -89,6 +89,7 @@ namespace Narrative.Sidecar
                 case "lore.explanation": return new LoreExplanation();
                 case "lore.changed": return new LoreChanged();
                 case "lore.error": return new LoreFileError();
+                case "shutdown": return new Shutdown();
                 case "generate.result": return new GenerateResult();
                 case "error": return new ErrorMessage();
                 default: return new UnknownMessage(type);
@@ -465,6 +466,19 @@ namespace Narrative.Sidecar
 
         protected override void WriteFields(MsgMap m) { m.Put("path", Path).Put("line", Line).Put("message", Text); }
         protected override void ReadFields(MsgMap m) { Path = m.GetString("path", ""); Line = m.GetLong("line"); Text = m.GetString("message", ""); }
+    }
+
+    /// <summary>Event: the sidecar is going down; no reply follows for requests in flight (the client fails
+    /// them at once as disconnected). Reason: <c>stopping</c> or <c>engine_failed</c> (see PROTOCOL.md).</summary>
+    public sealed class Shutdown : Message
+    {
+        public override string Type { get { return "shutdown"; } }
+        public override bool IsEvent { get { return true; } }
+        public string Reason = "";
+        public string Text = "";
+
+        protected override void WriteFields(MsgMap m) { m.Put("reason", Reason).Put("message", Text); }
+        protected override void ReadFields(MsgMap m) { Reason = m.GetString("reason", ""); Text = m.GetString("message", ""); }
     }
 
     /// <summary>A post-check finding of a generated quest. Severity: <c>error</c> or <c>warning</c>.</summary>

@@ -374,6 +374,19 @@ namespace Narrative.Sidecar
             }
         }
 
+        /// <summary>Fail every request in flight as disconnected (never resent): the sidecar said it is going down.</summary>
+        void FailInFlight(string reason)
+        {
+            var failed = new List<PendingRequest>();
+            lock (_lock)
+            {
+                foreach (var p in _pending.Values) if (p.Sent) failed.Add(p);
+                foreach (var p in failed) _pending.Remove(p.RequestId);
+            }
+            foreach (var p in failed)
+                p.Fail(new SidecarDisconnectedException(string.Format("{0} while {1} was in flight; not resent", reason, p.What), p.RequestId), this);
+        }
+
         void OnDrop(string reason)
         {
             var failed = new List<PendingRequest>();
@@ -477,6 +490,8 @@ namespace Narrative.Sidecar
                 }
             }
             if (err != null) { RaiseUnroutedError(SidecarException.FromError(err)); return; }
+            var down = m as Shutdown;
+            if (down != null) FailInFlight("the sidecar is shutting down (" + down.Reason + (down.Text.Length > 0 ? ": " + down.Text : "") + ")");
             if (m.IsEvent || m is UnknownMessage) { RaiseEvent(m); return; }
             LogLine("dropping " + m + ": no request in flight has that id (timed out or cancelled?)");
         }
