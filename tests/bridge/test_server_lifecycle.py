@@ -7,16 +7,30 @@ turn, which the bundled model cannot be made to do on demand.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 import pytest
 
-from bridge.client import SidecarClient, SidecarError
+from bridge import protocol as p
+from bridge.client import SidecarClient, SidecarError, new_id
 from bridge.server import SidecarServer
 from bridge.settings import ServerSettings
 from narrative.llm import ModelError
 from narrative.service import FATAL_AFTER, NarrativeService
 from tests.conftest import ServerThread
+
+
+@contextlib.contextmanager
+def serving(engine) -> Iterator[str]:
+    """A real SidecarServer over `engine` on loopback TCP; yields its endpoint, stops it after."""
+    st = ServerThread(SidecarServer(NarrativeService(engine), ServerSettings(endpoint="tcp://127.0.0.1:*")))
+    try:
+        yield st.start()
+    finally:
+        st.stop()
+    assert st.error is None, st.error
 
 
 def wait_event(client: SidecarClient, kind: str, timeout_s: float = 10.0):
@@ -82,21 +96,13 @@ def test_an_engine_that_keeps_failing_sends_engine_failed_and_stops():
 
 
 def test_one_failed_turn_is_not_fatal():
-    """A single model failure answers `internal` and the sidecar keeps serving (ping still answered)."""
-    server = SidecarServer(NarrativeService(FailingEngine()), ServerSettings(endpoint="tcp://127.0.0.1:*"))
-    st = ServerThread(server)
-    endpoint = st.start()
-    try:
-        with SidecarClient(endpoint, timeout_s=10) as c:
-            c.hello("t")
-            with pytest.raises(SidecarError):
-                c.say_text("fake-npc", "hello")
-            assert c.ping() is not None
-            assert st.thread.is_alive()
-            assert not c.events(timeout_s=0.3)
-    finally:
-        st.stop()
-    assert st.error is None
+    """A single model failure answers `internal` and the sidecar keeps serving (ping still answered, no shutdown)."""
+    with serving(FailingEngine()) as endpoint, SidecarClient(endpoint, timeout_s=10) as c:
+        c.hello("t")
+        with pytest.raises(SidecarError):
+            c.say_text("fake-npc", "hello")
+        assert c.ping() is not None
+        assert not c.events(timeout_s=0.3)
 
 
 class SlowLoreEngine(FailingEngine):
@@ -116,23 +122,13 @@ class SlowLoreEngine(FailingEngine):
 
 def test_ping_is_answered_while_a_lore_query_waits_for_the_worker():
     """lore.query (like reset, lore.explain, generate) waits for the decode worker; the loop must keep answering ping."""
-    server = SidecarServer(NarrativeService(SlowLoreEngine()), ServerSettings(endpoint="tcp://127.0.0.1:*"))
-    st = ServerThread(server)
-    endpoint = st.start()
-    try:
-        with SidecarClient(endpoint, timeout_s=10) as c:
-            c.hello("t")
-            from bridge import protocol as p
-            from bridge.client import new_id
-
-            qid = c.send(p.LoreQuery(id=new_id(), text="anything"))
-            time.sleep(0.2)
-            rtt = c.ping()
-            assert rtt < 1000, f"ping waited {rtt:.0f} ms behind a lore query"
-            assert c.recv(qid).type == "lore.result"
-    finally:
-        st.stop()
-    assert st.error is None
+    with serving(SlowLoreEngine()) as endpoint, SidecarClient(endpoint, timeout_s=10) as c:
+        c.hello("t")
+        qid = c.send(p.LoreQuery(id=new_id(), text="anything"))
+        time.sleep(0.2)
+        rtt = c.ping()
+        assert rtt < 1000, f"ping waited {rtt:.0f} ms behind a lore query"
+        assert c.recv(qid).type == "lore.result"
 
 
 class BusyEngine(FailingEngine):
@@ -145,18 +141,8 @@ class BusyEngine(FailingEngine):
 
 
 def test_a_full_model_queue_is_busy_with_its_retry_hint_on_the_wire():
-    server = SidecarServer(NarrativeService(BusyEngine()), ServerSettings(endpoint="tcp://127.0.0.1:*"))
-    st = ServerThread(server)
-    endpoint = st.start()
-    try:
-        with SidecarClient(endpoint, timeout_s=10) as c:
-            c.hello("t")
-            from bridge import protocol as p
-            from bridge.client import new_id
-
-            rid = c.send(p.Say(id=new_id(), npc="fake-npc", text="hello"))
-            err = c.recv(rid)
-            assert err.type == "error" and err.code == "busy" and err.retry_after_ms == 1500, err
-    finally:
-        st.stop()
-    assert st.error is None
+    with serving(BusyEngine()) as endpoint, SidecarClient(endpoint, timeout_s=10) as c:
+        c.hello("t")
+        rid = c.send(p.Say(id=new_id(), npc="fake-npc", text="hello"))
+        err = c.recv(rid)
+        assert err.type == "error" and err.code == "busy" and err.retry_after_ms == 1500, err
