@@ -32,7 +32,6 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from filelock import FileLock, Timeout
 
 from lore.schema import LoreEntry
 from narrative.backends.http import EndpointDown, OpenAIEndpoint
@@ -40,9 +39,8 @@ from narrative.backends.quests import RemoteQuestGenerator
 from narrative.batch.generator import BatchOptions, ItemResult
 from narrative.batch.manifest import Manifest
 from narrative.batch.report import BatchSummary, PlanItem, write_batch_report
-from narrative.batch.runner import OutputLocked, UnknownQuest, _read_output, _record, plan_batch
-from narrative.batch.spec import load_specs
-from narrative.files import atomic_write, remove_stale_temps
+from narrative.batch.runner import _read_output, _record, lock_output, plan_batch, select_specs
+from narrative.files import atomic_write
 from narrative.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -105,26 +103,10 @@ def run_fanout(
             that keys the manifest cannot be read).
     """
     t0 = time.perf_counter()
-    specs, problems = load_specs(specs_dir)
-    if only:
-        known = sorted(s.spec.id for s in specs)
-        unknown = [q for q in only if q not in known]
-        if unknown:
-            raise UnknownQuest(f"--only: no quest spec with id {', '.join(map(repr, unknown))} in {specs_dir} (known: {', '.join(known) or 'none'})")
-        specs = [s for s in specs if s.spec.id in set(only)]
-    lock = None
-    if not dry_run:
-        out.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(out / ".lock")
+    specs, problems = select_specs(specs_dir, only)
     gen = RemoteQuestGenerator(model_settings, options, entries)
+    lock = None if dry_run else lock_output(out)
     try:
-        if lock is not None:
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                raise OutputLocked(f"{out} is being written by another batch run") from None
-            remove_stale_temps(out)
-            remove_stale_temps(out / "quests")
         endpoints = _healthy(gen)
         manifest = Manifest.load(out / "manifest.json")
         plan = plan_batch(specs, gen, manifest, out, force)

@@ -99,6 +99,44 @@ def _record(item: ItemResult, comps: Components, data: bytes) -> dict:
     }
 
 
+def select_specs(specs_dir: Path, only: list[str] | None) -> tuple[list[SpecFile], list[str]]:
+    """The specs under `specs_dir` (those with an id in `only`, when given) and the spec files that did not load.
+
+    Raises:
+        FileNotFoundError: `specs_dir` does not exist.
+        UnknownQuest: `only` names an id no spec has (the message lists the known ids and the files that did not load).
+    """
+    specs, problems = load_specs(specs_dir)
+    if only:
+        known = sorted(s.spec.id for s in specs)
+        unknown = [q for q in only if q not in known]
+        if unknown:
+            msg = f"--only: no quest spec with id {', '.join(map(repr, unknown))} in {specs_dir} (known: {', '.join(known) or 'none'})"
+            if problems:
+                msg += "; these spec files did not load:\n" + "\n".join(problems)
+            raise UnknownQuest(msg)
+        specs = [s for s in specs if s.spec.id in set(only)]
+    return specs, problems
+
+
+def lock_output(out: Path) -> FileLock:
+    """Take the output folder's lock (filelock: an OS lock on POSIX and Windows, freed when the process
+    dies) and remove temp files a killed run left. The caller releases it.
+
+    Raises:
+        OutputLocked: another run holds it.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out / ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise OutputLocked(f"{out} is being written by another batch run") from None
+    remove_stale_temps(out)
+    remove_stale_temps(out / "quests")
+    return lock
+
+
 def run_batch(
     specs_dir: Path,
     out: Path,
@@ -130,28 +168,9 @@ def run_batch(
         narrative.llm.ModelError: the model cannot be loaded.
     """
     t0 = time.perf_counter()
-    specs, problems = load_specs(specs_dir)
-    if only:
-        known = sorted(s.spec.id for s in specs)
-        unknown = [q for q in only if q not in known]
-        if unknown:
-            msg = f"--only: no quest spec with id {', '.join(map(repr, unknown))} in {specs_dir} (known: {', '.join(known) or 'none'})"
-            if problems:
-                msg += "; these spec files did not load:\n" + "\n".join(problems)
-            raise UnknownQuest(msg)
-        specs = [s for s in specs if s.spec.id in set(only)]
-    lock = None
-    if not dry_run:  # a dry run only reads `out` (it may not even exist yet)
-        out.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(out / ".lock")  # filelock: an OS lock on POSIX and Windows, freed when the process dies
+    specs, problems = select_specs(specs_dir, only)
+    lock = None if dry_run else lock_output(out)  # a dry run only reads `out` (it may not even exist yet)
     try:
-        if lock is not None:
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                raise OutputLocked(f"{out} is being written by another batch run") from None
-            remove_stale_temps(out)
-            remove_stale_temps(out / "quests")
         manifest = Manifest.load(out / "manifest.json")
         gen = QuestGenerator(model_settings, options, entries)
         plan = plan_batch(specs, gen, manifest, out, force)
