@@ -93,6 +93,6 @@ def build_runtime(settings: Settings, lore_dir: Path | None = None, sync: bool =
     else:
         model = LlamaModel(ms)
         retriever = Retriever(index, model.count_tokens, settings.lore)
-        engine = DialogueEngine(model, retriever, settings.sampling, settings.context, settings.state_dir)
+        engine = DialogueEngine(model, retriever, settings.sampling, settings.context, settings.state_dir, settings.dialogue)
     retriever.warm()
     return Runtime(settings, model, embedder, index, retriever, engine, report)

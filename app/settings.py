@@ -14,6 +14,7 @@ batch_model        ModelSettings                         narrative.settings
 sampling           SamplingSettings                      narrative.settings
 embedding          EmbeddingSettings                     narrative.settings
 context            ContextSettings                       narrative.settings
+dialogue           DialogueSettings                      narrative.settings
 lore               LoreSettings                          lore.settings
 server             ServerSettings                        bridge.settings
 =================  ====================================  ================
@@ -34,7 +35,7 @@ from pydantic_settings import (
 
 from bridge.settings import ServerSettings
 from lore.settings import LoreSettings
-from narrative.settings import ContextSettings, EmbeddingSettings, ModelSettings, SamplingSettings
+from narrative.settings import ContextSettings, DialogueSettings, EmbeddingSettings, ModelSettings, SamplingSettings
 
 
 class Settings(BaseSettings):
@@ -50,6 +51,7 @@ class Settings(BaseSettings):
     lore: LoreSettings = Field(default_factory=LoreSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     context: ContextSettings = Field(default_factory=ContextSettings)
+    dialogue: DialogueSettings = Field(default_factory=DialogueSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -125,8 +125,8 @@ class SidecarClient:
                 return sorted(out, key=lambda m: int(m.id[3:]) if m.id[3:].isdigit() else 0)
             self.sock.poll(int(left * 1000))
 
-    def lore_explain(self, npc: str, text: str, history: list[str] | None = None) -> p.LoreExplanation:
-        return self.request(p.LoreExplain(id=new_id(), npc=npc, text=text, history=history or []))
+    def lore_explain(self, npc: str, text: str, history: list[str] | None = None, state: dict | None = None) -> p.LoreExplanation:
+        return self.request(p.LoreExplain(id=new_id(), npc=npc, text=text, history=history or [], state=state))
 
     def request(self, msg: p._Msg, timeout_s: float | None = None):
         """Send `msg` and return its single reply. Raises `SidecarError` on an ``error`` reply."""
@@ -150,6 +150,24 @@ class SidecarClient:
     def reset(self, npc: str, session: str | None = None) -> None:
         self.request(p.Reset(id=new_id(), npc=npc, session=session))
 
+    def event(self, text: str, *, session: str | None = None, npc: str | None = None, npcs: list[str] | None = None,
+              location: str | None = None, faction: str | None = None, state: dict | None = None) -> int:
+        """Tell NPCs that something happened (at most one target; none = every NPC); returns how many it reached.
+        Raises `SidecarError` (``unknown_npc``, ``invalid``)."""
+        return self.request(p.Event(id=new_id(), text=text, session=session, npc=npc, npcs=npcs, location=location,
+                                    faction=faction, state=state)).count or 0
+
+    def set_state(self, values: dict | None = None, *, unset: list[str] | None = None, session: str | None = None) -> None:
+        """Merge game state (flags, counters) into the session; remove `unset` keys."""
+        self.request(p.State(id=new_id(), session=session, set=values or {}, unset=unset or []))
+
+    def declare(self, actions: list[dict] | None = None, *, fields: dict | None = None, max_actions: int = 1,
+                npc: str | None = None, session: str | None = None) -> None:
+        """Declare the actions (``{"name", "description", "parameters"}``) and per-line fields
+        (``{"emotion": {"enum": [...]}}``) of `npc` (None: every NPC of the session).
+        Raises `SidecarError` (``unsupported_schema``, ``unknown_npc``, ``invalid``)."""
+        self.request(p.Declare(id=new_id(), session=session, npc=npc, actions=actions or [], fields=fields or {}, max_actions=max_actions))
+
     def lore_query(self, text: str, npc: str | None = None) -> p.LoreResult:
         return self.request(p.LoreQuery(id=new_id(), text=text, npc=npc))
 
@@ -163,8 +181,9 @@ class SidecarClient:
         """Ask the sidecar to stop stream `target` (its `Done` then says ``cancelled``)."""
         self.send(p.Cancel(id=new_id(), target=target))
 
-    def say(self, npc: str, text: str, *, request_id: str | None = None, **options) -> Iterator[p.Chunk | p.Done]:
-        """Stream an NPC's answer: yields `Chunk` messages, then one `Done`.
+    def say(self, npc: str, text: str, *, request_id: str | None = None, **options) -> Iterator[p.Chunk | p.Action | p.Done]:
+        """Stream an NPC's answer: yields `Chunk` messages, then its `Action` messages (with a
+        declaration), then one `Done`.
 
         Raises:
             SidecarError: the request was refused (unknown NPC, invalid field...).
@@ -182,12 +201,20 @@ class SidecarClient:
 
     def say_text(self, npc: str, text: str, **options) -> tuple[list[str], p.Done]:
         """Run a whole turn; returns (chunk texts, the `Done` message)."""
+        chunks, _, done = self.say_turn(npc, text, **options)
+        return chunks, done
+
+    def say_turn(self, npc: str, text: str, **options) -> tuple[list[str], list[p.Action], p.Done]:
+        """Run a whole turn; returns (chunk texts, the `Action` messages, the `Done` message)."""
         chunks: list[str] = []
+        actions: list[p.Action] = []
         for msg in self.say(npc, text, **options):
             if msg.type == "chunk":
                 chunks.append(msg.text)
+            elif msg.type == "action":
+                actions.append(msg)
             else:
-                return chunks, msg
+                return chunks, actions, msg
         raise AssertionError("unreachable")
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Annotated, Literal, Union
 
 import msgpack
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError, model_validator
 
 PROTOCOL_VERSION = 1
 
@@ -34,6 +34,7 @@ class ErrorCode:
     UNKNOWN_QUEST = "unknown_quest"  # generate: no spec with that quest id
     GENERATION_FAILED = "generation_failed"  # generate: no valid text after the bounded retries
     CONTEXT_OVERFLOW = "context_overflow"  # say: max_tokens over ready.limits.max_tokens, or the line does not fit the context
+    UNSUPPORTED_SCHEMA = "unsupported_schema"  # declare: an action's parameter schema uses what the sidecar cannot enforce
     INTERNAL = "internal"
 
 
@@ -54,6 +55,15 @@ class Hello(_Msg):
     client: str = Field("", max_length=128, description="Free-form client name, for logs.")
 
 
+StateValue = Union[StrictBool, StrictInt, StrictFloat, Annotated[StrictStr, Field(max_length=256)]]
+"""A game-state value: a flag (bool), a counter (int, float) or a short string (at most 256 characters)."""
+
+STATE_KEY = r"^[A-Za-z0-9_.-]{1,64}$"
+"""A game-state key: 1..64 of ``A-Z a-z 0-9 _ . -`` (``quest.heron``, ``gold``)."""
+
+StateMap = dict[Annotated[str, Field(pattern=STATE_KEY)], StateValue]
+
+
 class Say(_Msg):
     """A player's line to an NPC; answered by `Chunk`* then exactly one `Done` (or one `Error`)."""
 
@@ -64,6 +74,93 @@ class Say(_Msg):
     max_tokens: int | None = Field(None, ge=1, le=4096, description="Upper bound on generated tokens.")
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     seed: int | None = Field(None, description="Sampling seed, for reproducible lines.")
+    state: StateMap | None = Field(None, max_length=256, description="Game state merged into the session's before this turn (as a `state` message would); lore entries' ``when:`` conditions read it.")
+
+
+class Event(_Msg):
+    """Something happened in the game that NPCs should know; answered by `Ok` (``count``: NPCs reached).
+
+    The text enters each reached NPC's conversation as tokens after its stable prefix, at the
+    start of the next turn (it costs only its own tokens, nothing is re-decoded). Target: exactly
+    one of ``npc``, ``npcs``, ``location`` (NPCs whose card names that place), ``faction``; none =
+    every NPC. Events wait per conversation (``[dialogue] max_pending_events``, oldest dropped).
+    """
+
+    type: Literal["event"] = "event"
+    text: str = Field(min_length=1, max_length=1000, description="What happened, in words: 'The player paid Maren 10 gold.'")
+    session: str | None = Field(None, max_length=128, description="Conversation key (as in `say`); defaults to the client's connection.")
+    npc: str | None = Field(None, min_length=1, max_length=128)
+    npcs: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(None, min_length=1, max_length=64)
+    location: str | None = Field(None, min_length=1, max_length=128, description="Lore entry id of a place.")
+    faction: str | None = Field(None, min_length=1, max_length=128, description="Lore entry id of a faction.")
+    state: StateMap | None = Field(None, max_length=256, description="Game state merged into the session's with the event.")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "Event":
+        given = [k for k in ("npc", "npcs", "location", "faction") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one target, got {', '.join(given)}")
+        return self
+
+
+class State(_Msg):
+    """Sets game state (flags and counters) for a session; answered by `Ok`.
+
+    ``set`` is merged into the session's state, then ``unset`` keys are removed. Lore entries'
+    ``when:`` conditions read it on every later turn of that session.
+    """
+
+    type: Literal["state"] = "state"
+    session: str | None = Field(None, max_length=128)
+    set: StateMap = Field(default_factory=dict, max_length=256)
+    unset: list[Annotated[str, Field(pattern=STATE_KEY)]] = Field(default_factory=list, max_length=256)
+
+
+ACTION_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+
+
+class ActionSpec(BaseModel):
+    """One game action an NPC may take: a name, what it does, and the JSON Schema of its arguments."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str = Field(pattern=ACTION_NAME, description="'give_item', 'open_shop'.")
+    description: str = Field("", max_length=500, description="When to use it, for the model.")
+    parameters: dict = Field(default_factory=lambda: {"type": "object", "properties": {}},
+                             description="JSON Schema (draft 2020-12 subset) of the arguments object; see PROTOCOL.md 'Actions'.")
+
+
+class FieldSpec(BaseModel):
+    """A per-line field the game wants with every line, e.g. ``emotion`` for the animation."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    enum: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(min_length=1, max_length=32)
+    description: str = Field("", max_length=300)
+
+
+class Declare(_Msg):
+    """Declares the actions and per-line fields of one NPC (``npc``) or of every NPC (no ``npc``) in a
+    session; answered by `Ok`. Replaces an earlier declaration of the same scope; an NPC's own
+    declaration wins over the session's. Declared actions become part of the NPC's stable prefix:
+    declare before the first `say` (a later change re-decodes that conversation once).
+    An empty ``actions`` with no ``fields`` removes the declaration.
+    """
+
+    type: Literal["declare"] = "declare"
+    session: str | None = Field(None, max_length=128)
+    npc: str | None = Field(None, min_length=1, max_length=128)
+    actions: list[ActionSpec] = Field(default_factory=list, max_length=32)
+    fields: dict[Annotated[str, Field(pattern=ACTION_NAME)], FieldSpec] = Field(default_factory=dict, max_length=8)
+    max_actions: int = Field(1, ge=0, le=4, description="Actions one line may end with.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Declare":
+        names = [a.name for a in self.actions]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"action names must be unique: {', '.join(dup)}")
+        return self
 
 
 class Cancel(_Msg):
@@ -105,6 +202,7 @@ class LoreExplain(_Msg):
     npc: str = Field(min_length=1, max_length=128)
     text: str = Field(min_length=1, max_length=4000, description="The player's line.")
     history: list[str] = Field(default_factory=list, max_length=64, description="Earlier lines, oldest first (scanned for keys).")
+    state: StateMap | None = Field(None, max_length=256, description="Game state for entries' ``when:`` conditions (default: none set).")
 
 
 # ---- server -> client ------------------------------------------------------
@@ -135,6 +233,7 @@ class Done(_Msg):
     ``cancelled`` (cancel or peer gone), ``error``.
     ``tokens``: prompt (fed this turn), cached (reused from the prefix), completion.
     ``timings``: ttft_ms (request received -> first chunk), total_ms, tokens_per_s (decode).
+    ``text`` is the spoken line only (reasoning and the action block are never in it).
     """
 
     type: Literal["done"] = "done"
@@ -143,6 +242,35 @@ class Done(_Msg):
     lore: list[str] = Field(default_factory=list, description="Ids of the lore entries in the prompt for this turn.")
     tokens: dict[str, int] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)
+    fields: dict[str, str] | None = Field(None, description="The declared per-line fields (name -> one of its enum values), when declared.")
+    actions: int | None = Field(None, ge=0, description="How many `action` messages this turn sent (when actions are declared).")
+    rejected: list["Rejected"] | None = Field(None, description="Actions the model wrote that were not sent (invalid), when any.")
+    forgotten_turns: int | None = Field(None, ge=0, description="Oldest turns of this conversation dropped to fit its context (the NPC no longer remembers them; card and static lore stay).")
+
+
+class Rejected(BaseModel):
+    """An action the model wrote that failed validation and was never sent. ``reason`` in words."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str
+    reason: str
+
+
+Done.model_rebuild()
+
+
+class Action(_Msg):
+    """A game action an NPC takes at the end of its line (after the last `Chunk`, before `Done`).
+
+    ``id``: the `Say` it belongs to; ``seq`` counts from 0 within that turn; ``name`` is a
+    declared action and ``args`` validates against its declared schema (checked before sending).
+    """
+
+    type: Literal["action"] = "action"
+    seq: int = Field(ge=0)
+    name: str
+    args: dict = Field(default_factory=dict)
 
 
 class Pong(_Msg):
@@ -150,9 +278,10 @@ class Pong(_Msg):
 
 
 class Ok(_Msg):
-    """Plain success reply (status ``ok``)."""
+    """Plain success reply. ``count``: for an `Event`, how many NPCs it reached."""
 
     type: Literal["ok"] = "ok"
+    count: int | None = Field(None, ge=0)
 
 
 class LoreHit(BaseModel):
@@ -303,20 +432,20 @@ class Error(_Msg):
     retry_after_ms: int | None = Field(None, ge=0, description="With code 'busy': wait at least this long before sending the request again.")
 
 
-Request = Annotated[Union[Hello, Say, Cancel, Reset, Ping, LoreQuery, LoreExplain, Generate], Field(discriminator="type")]
+Request = Annotated[Union[Hello, Say, Event, State, Declare, Cancel, Reset, Ping, LoreQuery, LoreExplain, Generate], Field(discriminator="type")]
 Reply = Annotated[
-    Union[Ready, Chunk, Done, Pong, Ok, LoreResult, LoreExplanation, LoreChanged, LoreFileError, Shutdown, GenerateResult, Error],
+    Union[Ready, Chunk, Action, Done, Pong, Ok, LoreResult, LoreExplanation, LoreChanged, LoreFileError, Shutdown, GenerateResult, Error],
     Field(discriminator="type"),
 ]
 Message = Annotated[
     Union[
-        Hello, Say, Cancel, Reset, Ping, LoreQuery, LoreExplain, Generate,
-        Ready, Chunk, Done, Pong, Ok, LoreResult, LoreExplanation, LoreChanged, LoreFileError, Shutdown, GenerateResult, Error,
+        Hello, Say, Event, State, Declare, Cancel, Reset, Ping, LoreQuery, LoreExplain, Generate,
+        Ready, Chunk, Action, Done, Pong, Ok, LoreResult, LoreExplanation, LoreChanged, LoreFileError, Shutdown, GenerateResult, Error,
     ],
     Field(discriminator="type"),
 ]
 
-REQUEST_TYPES = frozenset({"hello", "say", "cancel", "reset", "ping", "lore.query", "lore.explain", "generate"})
+REQUEST_TYPES = frozenset({"hello", "say", "event", "state", "declare", "cancel", "reset", "ping", "lore.query", "lore.explain", "generate"})
 _request_adapter: TypeAdapter[Request] = TypeAdapter(Request)
 _message_adapter: TypeAdapter[Message] = TypeAdapter(Message)
 

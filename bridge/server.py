@@ -80,6 +80,9 @@ class SidecarServer:
             "hello": self._hello,
             "ping": self._ping,
             "say": self._say,
+            "event": self._event,
+            "state": self._state,
+            "declare": self._declare,
             "cancel": self._cancel,
             "reset": self._reset,
             "lore.query": self._lore_query,
@@ -319,6 +322,20 @@ class SidecarServer:
     async def _ping(self, ident: bytes, msg: p.Ping) -> None:
         await self.send(ident, p.Pong(id=msg.id))
 
+    async def _event(self, ident: bytes, msg: p.Event) -> None:
+        n = self.service.event(msg.session or ident.hex(), msg.text, npc=msg.npc, npcs=msg.npcs, location=msg.location,
+                               faction=msg.faction, state=msg.state)
+        await self.send(ident, p.Ok(id=msg.id, count=n))
+
+    async def _state(self, ident: bytes, msg: p.State) -> None:
+        self.service.set_state(msg.session or ident.hex(), msg.set, msg.unset)
+        await self.send(ident, p.Ok(id=msg.id))
+
+    async def _declare(self, ident: bytes, msg: p.Declare) -> None:
+        self.service.declare(msg.session or ident.hex(), msg.npc, [a.model_dump() for a in msg.actions],
+                             {k: f.model_dump() for k, f in msg.fields.items()}, msg.max_actions)
+        await self.send(ident, p.Ok(id=msg.id))
+
     async def _reset(self, ident: bytes, msg: p.Reset) -> None:
         await self._run_for(ident, self.service.reset, msg.session or ident.hex(), msg.npc)
         await self.send(ident, p.Ok(id=msg.id))
@@ -335,7 +352,7 @@ class SidecarServer:
         await self.send(ident, p.LoreResult(id=msg.id, entries=[p.LoreHit(**asdict(h)) for h in hits]))
 
     async def _lore_explain(self, ident: bytes, msg: p.LoreExplain) -> None:
-        d = await self._run_for(ident, self.service.explain, msg.npc, msg.text, msg.history)
+        d = await self._run_for(ident, self.service.explain, msg.npc, msg.text, msg.history, msg.state)
         await self.send(ident, p.LoreExplanation(id=msg.id, **asdict(d)))
 
     async def _generate(self, ident: bytes, msg: p.Generate) -> None:
@@ -412,6 +429,7 @@ class SidecarServer:
                     cancel=cancel,
                     on_text=put,
                     client=ident.hex(),
+                    state=msg.state,
                 )
             finally:
                 put(_END)
@@ -447,6 +465,11 @@ class SidecarServer:
                 return
             self.finished.append((msg.id, result.finish_reason, result.completion_tokens))
             if alive:
+                sent = 0
+                for name, args in result.actions:  # validated against the declared schemas (narrative.actions)
+                    if not await self.send(ident, p.Action(id=msg.id, seq=sent, name=name, args=args)):
+                        return
+                    sent += 1
                 await self.send(
                     ident,
                     p.Done(
@@ -460,6 +483,10 @@ class SidecarServer:
                             "total_ms": round(result.total_ms, 1),
                             "tokens_per_s": round(result.tokens_per_s, 1),
                         },
+                        fields=result.fields or None,
+                        actions=sent if result.declared else None,
+                        rejected=[p.Rejected(name=n, reason=r) for n, r in result.rejected] or None,
+                        forgotten_turns=result.forgotten_turns or None,
                     ),
                 )
         finally:

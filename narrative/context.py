@@ -168,6 +168,30 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+@dataclass(frozen=True)
+class Tail:
+    """A structured end of a turn, decoded under a grammar (NPC actions, per-line fields).
+
+    The turn's free text (the spoken line) is sampled as usual and streamed. Where the model
+    ends it (an end-of-generation token, or one of `triggers`, e.g. Qwen3.5's ``<tool_call>``),
+    or where the line reaches ``max_tokens``, the engine goes on in the same sequence under
+    `grammar` (GBNF, start rule ``root``): the ending token is drawn again from the same logits
+    with the grammar applied, so the model itself picks the tail (an empty tail where the
+    grammar allows it). The tail is not streamed; it ends at an end-of-generation token the
+    grammar allows, or after `max_tokens` tokens (then ``tail_complete`` is False).
+    """
+
+    grammar: str
+    max_tokens: int
+    triggers: frozenset[int] = frozenset()
+    line_grammar: str | None = None
+
+    # ``line_grammar`` (for models with no tool format of their own): a grammar of the whole
+    # reply, line and tail, applied from the first token, whose line may not hold a newline; the
+    # tail starts at the first newline the model writes (the text before it in that token is the
+    # line's), and at ``max_tokens`` of line the engine switches to `grammar` as above.
+
+
 @dataclass(eq=False)
 class ActiveTurn:
     """One turn in the engine: from `ContextEngine.begin` to its finish.
@@ -185,6 +209,7 @@ class ActiveTurn:
     boundaries: tuple[int, ...] = ()
     cancel: threading.Event | None = None
     on_text: Callable[[str], None] | None = None
+    tail: Tail | None = None
     t0: float = field(default_factory=time.perf_counter)
     phase: str = "new"
     conv: _Conv | None = None
@@ -198,8 +223,13 @@ class ActiveTurn:
     t_end: float | None = None
     finish: str = ""
     error: BaseException | None = None
+    tail_out: list[int] = field(default_factory=list)  # tokens sampled under the tail's grammar
+    tail_bytes: bytearray = field(default_factory=bytearray)
+    in_tail: bool = False
+    line_finish: str = ""  # how the free text ended when a tail followed ('stop' or 'length')
     _sampler: object | None = None
     _decoder: object | None = None
+    _constrained: object | None = None
 
     @property
     def done(self) -> bool:
@@ -213,14 +243,17 @@ class ActiveTurn:
         t_first = self.t_first or t_end
         decode_s = t_end - t_first
         return Generation(
-            tokens=list(self.out),
+            tokens=list(self.out) + list(self.tail_out),
             text="".join(self.pieces),
-            finish_reason=self.finish,
+            finish_reason=self.line_finish if self.line_finish and self.finish in ("stop", "length") else self.finish,
             prompt_tokens=len(self.prompt),
             cached_tokens=self.cached,
             ttft_ms=(t_first - self.t0) * 1000,
             total_ms=(t_end - self.t0) * 1000,
-            decode_tps=(len(self.out) - 1) / decode_s if len(self.out) > 1 and decode_s > 0 else 0.0,
+            decode_tps=(len(self.out) + len(self.tail_out) - 1) / decode_s if len(self.out) + len(self.tail_out) > 1 and decode_s > 0 else 0.0,
+            tail_text=bytes(self.tail_bytes).decode("utf-8", errors="replace"),
+            tail_complete=self.tail is None or (self.in_tail and self.finish == "stop"),
+            tail_count=len(self.tail_out),
         )
 
 
@@ -452,8 +485,9 @@ class ContextEngine:
         prompt = turn.prompt = list(turn.prompt)
         if not prompt:
             raise ValueError("empty prompt")
-        if len(prompt) + turn.max_tokens > m.n_ctx:
-            raise ContextOverflow(f"prompt of {len(prompt)} tokens + max_tokens {turn.max_tokens} exceeds n_ctx {m.n_ctx} of a conversation ({m.n_seq_max} sequences)")
+        room = turn.max_tokens + (turn.tail.max_tokens if turn.tail is not None else 0)
+        if len(prompt) + room > m.n_ctx:
+            raise ContextOverflow(f"prompt of {len(prompt)} tokens + max_tokens {room} exceeds n_ctx {m.n_ctx} of a conversation ({m.n_seq_max} sequences)")
         self._check_foreign()
         conv = self.convs.get(turn.key)
         if conv is None:
@@ -473,6 +507,8 @@ class ContextEngine:
         turn.phase = "prefill"
         conv.busy = turn
         turn._sampler = m.sampler(turn.params) if turn.params.temperature > 0 else None
+        if turn.tail is not None and turn.tail.line_grammar is not None:
+            turn._constrained = m.constrained_sampler(turn.params, turn.tail.line_grammar)
         turn._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.stats.prompt_tokens += len(prompt)
         self.active.append(turn)
@@ -514,7 +550,7 @@ class ContextEngine:
             for t, i in zip(dec, idx):
                 t.conv.tokens.append(t.pending)
                 t.pending = None
-                if self._sample(t, i):
+                if self._sample_or_fail(t, i):
                     finished.append(t)
             self.stats.sample_ms += (time.perf_counter() - t_smp) * 1000
         pre = [t for t in self.active if t.phase == "prefill"]
@@ -552,7 +588,7 @@ class ContextEngine:
             self.last_evaluated = evaluated
             self.stats.evaluated_tokens += evaluated
             t.phase = "decode"
-            if self._sample(t, idx[0]):
+            if self._sample_or_fail(t, idx[0]):
                 finished.append(t)
             if budget <= 0:
                 break
@@ -560,32 +596,115 @@ class ContextEngine:
             self.stats.steps += 1
         return finished
 
+    def _sample_or_fail(self, t: ActiveTurn, index: int) -> bool:
+        """`_sample`, ending the turn with the error when sampling fails (a refused grammar...)."""
+        try:
+            return self._sample(t, index)
+        except ModelError as exc:
+            self._fail(t, exc)
+            return True
+
     def _sample(self, t: ActiveTurn, index: int) -> bool:
         """Sample `t`'s next token from the logits at batch `index`; True when the turn ends here."""
         m = self.model
+        if t.in_tail:
+            return self._sample_tail(t, t._constrained.sample(index))
+        if t._constrained is not None:  # the whole reply under one grammar: the line ends at a newline
+            return self._sample_line_constrained(t, t._constrained.sample(index))
         if t.params.temperature <= 0:
             tok = m.argmax(index)  # greedy: no sampler chain (same token, see LlamaModel.argmax)
         else:
             tok = t._sampler.sample(index)
         if t.t_first is None:
             t.t_first = time.perf_counter()
+        if t.tail is not None and (m.is_stop(tok) or tok in t.tail.triggers):
+            # the line ends here: the same logits, drawn again under the tail's grammar
+            self._enter_tail(t, "stop")
+            return self._sample_tail(t, t._constrained.sample(index))
         if m.is_stop(tok):
             self._finish(t, "stop")
             return True
         t.out.append(tok)
-        piece = t._decoder.decode(m.token_bytes(tok))
-        if piece:
-            t.pieces.append(piece)
-            if t.on_text is not None:
-                t.on_text(piece)
+        self._emit(t, m.token_bytes(tok))
         if t.cancel is not None and t.cancel.is_set():
             self._finish(t, "cancelled")
             return True
         if len(t.out) >= t.max_tokens:
+            if t.tail is None:
+                self._finish(t, "length")
+                return True
+            self._enter_tail(t, "length")  # the line is cut; its fields and actions still follow
+        t.pending = tok
+        return False
+
+    def _sample_line_constrained(self, t: ActiveTurn, tok: int) -> bool:
+        m = self.model
+        if t.t_first is None:
+            t.t_first = time.perf_counter()
+        if m.is_stop(tok):  # the grammar allows an end only after a complete tail
+            self._finish(t, "stop")
+            return True
+        raw = m.token_bytes(tok)
+        cut = raw.find(b"\n")
+        if cut >= 0:  # the tail starts in this token: its text before the newline is the line's
+            t.line_finish = "stop"
+            t.in_tail = True
+            self._emit(t, raw[:cut])
+            self._flush_text(t)
+            t.tail_out.append(tok)
+            t.tail_bytes += raw[cut:]
+            t.pending = tok
+            return False
+        t.out.append(tok)
+        self._emit(t, raw)
+        if t.cancel is not None and t.cancel.is_set():
+            self._finish(t, "cancelled")
+            return True
+        if len(t.out) >= t.max_tokens:
+            t._constrained.close()
+            self._enter_tail(t, "length")
+        t.pending = tok
+        return False
+
+    def _emit(self, t: ActiveTurn, raw: bytes) -> None:
+        piece = t._decoder.decode(raw)
+        if piece:
+            t.pieces.append(piece)
+            if t.on_text is not None:
+                t.on_text(piece)
+
+    def _enter_tail(self, t: ActiveTurn, line_finish: str) -> None:
+        assert t.tail is not None
+        t.in_tail = True
+        t.line_finish = line_finish
+        self._flush_text(t)
+        t._constrained = self.model.constrained_sampler(t.params, t.tail.grammar)
+
+    def _sample_tail(self, t: ActiveTurn, tok: int) -> bool:
+        m = self.model
+        if m.is_stop(tok):
+            self._finish(t, "stop")
+            return True
+        t.tail_out.append(tok)
+        t.tail_bytes += m.token_bytes(tok)
+        if t.cancel is not None and t.cancel.is_set():
+            self._finish(t, "cancelled")
+            return True
+        if len(t.tail_out) >= t.tail.max_tokens:
             self._finish(t, "length")
             return True
         t.pending = tok
         return False
+
+    def _flush_text(self, t: ActiveTurn, reason: str = "") -> None:
+        """End the free text's UTF-8 decoder (a cut multi-byte character becomes U+FFFD)."""
+        if t._decoder is None:
+            return
+        tail, t._decoder = t._decoder.decode(b"", final=True), None
+        if tail:
+            t.pieces.append(tail)
+            if t.on_text is not None and reason != "error":
+                t.on_text(tail)
 
     def _finish(self, t: ActiveTurn, reason: str) -> None:
         if t.done:
@@ -593,15 +712,12 @@ class ContextEngine:
         t.finish = reason
         t.phase = "done"
         t.t_end = time.perf_counter()
-        if t._decoder is not None:
-            tail = t._decoder.decode(b"", final=True)
-            if tail:
-                t.pieces.append(tail)
-                if t.on_text is not None and reason != "error":
-                    t.on_text(tail)
-        if t._sampler is not None:
-            t._sampler.close()
-            t._sampler = None
+        self._flush_text(t, reason)
+        for name in ("_sampler", "_constrained"):
+            smp = getattr(t, name)
+            if smp is not None:
+                smp.close()
+                setattr(t, name, None)
         if t.conv is not None and t.conv.busy is t:
             t.conv.busy = None
         if t in self.active:
@@ -633,6 +749,7 @@ class ContextEngine:
         boundaries: Iterable[int] = (),
         cancel: threading.Event | None = None,
         on_text: Callable[[str], None] | None = None,
+        tail: Tail | None = None,
     ) -> Generation:
         """Decode `prompt` for conversation `key` (reusing what its memory holds) and sample a reply.
 
@@ -646,7 +763,8 @@ class ContextEngine:
             boundaries: token counts (prefixes of `prompt`) after which to keep a
                 checkpoint, e.g. ``[len(stable_prefix), len(history)]``.
             cancel: set it to stop after the current token (``finish_reason`` ``cancelled``).
-            on_text: called with each decoded text piece (UTF-8 safe).
+            on_text: called with each decoded text piece (UTF-8 safe) of the free text.
+            tail: a structured end decoded under a grammar after the free text (`Tail`).
 
         Returns:
             `Generation`; ``cached_tokens`` = prompt tokens not decoded again
@@ -657,7 +775,7 @@ class ContextEngine:
             ContextOverflow: ``len(prompt) + max_tokens > n_ctx``, or the KV cache filled up.
             ModelError: llama.cpp failed to decode (the conversation's memory is cleared).
         """
-        t = ActiveTurn(key, list(prompt), params, max_tokens, tuple(boundaries), cancel, on_text)
+        t = ActiveTurn(key, list(prompt), params, max_tokens, tuple(boundaries), cancel, on_text, tail)
         self.begin(t)
         while not t.done:
             self.step()
@@ -763,4 +881,4 @@ class ContextEngine:
         return header.get("meta", {})
 
 
-__all__ = ["ActiveTurn", "Checkpoint", "ContextEngine", "EngineStats", "NoFreeSequence", "StateMismatch", "state_file_name"]
+__all__ = ["ActiveTurn", "Checkpoint", "Tail", "ContextEngine", "EngineStats", "NoFreeSequence", "StateMismatch", "state_file_name"]

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from narrative.context import ActiveTurn, ContextEngine
+from narrative.context import ActiveTurn, ContextEngine, Tail
 from narrative.llm import Generation, ModelError, SamplingParams
 from narrative.settings import ContextSettings
 
@@ -95,6 +95,7 @@ class Scheduler:
         client: str = "",
         cancel: threading.Event | None = None,
         on_text: Callable[[str], None] | None = None,
+        tail: Tail | None = None,
     ) -> Future:
         """Queue one turn; never blocks. The future gives its `Generation` (``ttft_ms`` counts
         the time queued), or the error `ContextEngine.begin` / the decode raised.
@@ -102,7 +103,7 @@ class Scheduler:
         Raises:
             Busy: ``max_queue`` turns already wait.
         """
-        turn = ActiveTurn(key, list(prompt), params, max_tokens, tuple(boundaries), cancel, on_text)
+        turn = ActiveTurn(key, list(prompt), params, max_tokens, tuple(boundaries), cancel, on_text, tail)
         fut: Future = Future()
         with self._cv:
             if self._stop:

@@ -19,7 +19,10 @@ call                what it answers
 ==================  ===========================================================
 `npcs`              ids of the NPCs a client can talk to
 `limits`            ``max_tokens`` a turn may ask for, ``n_ctx`` per conversation
-`turn`              one dialogue turn, streamed through ``on_text``
+`turn`              one dialogue turn, streamed through ``on_text``; its actions and fields in the result
+`event`             a game event for one NPC, a list, a place's or a faction's NPCs, or all
+`set_state`         merge game state (flags, counters) into a session
+`declare`           the actions and per-line fields of an NPC (or of every NPC) in a session
 `reset`             forget one conversation
 `query_lore`        which entries a line retrieves (raw similarity, or an NPC's turn)
 `explain`           why each entry is in or out of one turn
@@ -43,8 +46,9 @@ from lore.retrieve import UnknownNpc
 from lore.schema import Kind
 from narrative.batch.generator import ItemResult, QuestGenerator
 from narrative.batch.prompt import UnknownEntry
+from narrative.actions import ActionSet, ActionSpec, FieldSpec, UnsupportedSchema
 from narrative.batch.spec import QuestSpec, SpecError, load_specs, parse_spec
-from narrative.dialogue import DialogueEngine, TurnResult
+from narrative.dialogue import DialogueEngine, StateValue, TooMuchState, TurnResult
 from narrative.llm import ContextOverflow, ModelError
 from narrative.scheduler import Busy
 
@@ -109,6 +113,12 @@ class ContextOverflowError(ServiceError):
     line alone leave no room in the conversation's context."""
 
     code = "context_overflow"
+
+
+class UnsupportedSchemaError(ServiceError):
+    """A declared action or field the sidecar cannot enforce (the message names action and property)."""
+
+    code = "unsupported_schema"
 
 
 class EngineDead(Exception):
@@ -187,6 +197,10 @@ def _domain_errors() -> Iterator[None]:
         raise InvalidRequestError(str(exc)) from None
     except Busy as exc:
         raise BusyError(str(exc), exc.retry_after_ms) from None
+    except UnsupportedSchema as exc:
+        raise UnsupportedSchemaError(str(exc)) from None
+    except TooMuchState as exc:
+        raise InvalidRequestError(str(exc)) from None
 
 
 class NarrativeService:
@@ -251,10 +265,13 @@ class NarrativeService:
         on_text: Callable[[str], None] | None = None,
         priority: int = 0,
         client: str = "",
+        state: Mapping[str, StateValue] | None = None,
     ) -> TurnResult:
         """One dialogue turn (`narrative.dialogue.DialogueEngine.turn`); blocking, streams through `on_text`
         (called on the model's stepping thread: it must not block). Other conversations' turns
-        decode in the same steps. `priority`: higher first while turns wait; `client`: fairness.
+        decode in the same steps. `priority`: higher first while turns wait; `client`: fairness;
+        `state`: merged into the session's game state first. The result holds the turn's valid
+        actions, its fields and what was rejected (`TurnResult`).
 
         Raises:
             BusyError: ``max_queue`` turns already wait (nothing decoded; ``retry_after_ms`` says when to retry).
@@ -268,8 +285,9 @@ class NarrativeService:
             raise ContextOverflowError(f"max_tokens {max_tokens} is over this sidecar's limit of {limit} (ready.limits.max_tokens)")
         try:
             with _domain_errors():
+                extra = {"state": state} if state else {}
                 result = self._dialogue().turn(session, npc, line, max_tokens=max_tokens, temperature=temperature, seed=seed,
-                                               cancel=cancel, on_text=on_text, priority=priority, client=client)
+                                               cancel=cancel, on_text=on_text, priority=priority, client=client, **extra)
         except ContextOverflow as exc:
             raise ContextOverflowError(str(exc)) from None
         except ModelError as exc:
@@ -281,6 +299,67 @@ class NarrativeService:
             raise
         self._failures = 0
         return result
+
+    def _local(self, what: str) -> DialogueEngine:
+        engine = self._dialogue()
+        if not isinstance(engine, DialogueEngine):
+            raise InvalidRequestError(f"{what} needs the in-process dialogue engine (dialogue_model.backend 'llama.cpp'), not {type(engine).__name__}")
+        return engine
+
+    def event(self, session: str, text: str, *, npc: str | None = None, npcs: list[str] | None = None,
+              location: str | None = None, faction: str | None = None, state: Mapping[str, StateValue] | None = None) -> int:
+        """Queue a game event for the NPCs it concerns (at most one target: `npc`, `npcs`, the NPCs whose
+        card names `location` or `faction`; none: every NPC); `state` is merged into the session's first.
+        Returns how many NPCs it reached (0 when a place or faction has no NPC).
+
+        Raises:
+            UnknownNpcError: a named NPC does not exist (nothing was queued).
+            InvalidRequestError: `location`/`faction` is not a lore entry; too much state; a remote dialogue engine.
+        """
+        engine = self._local("event")
+        index = engine.retriever.index
+        cards = index.npcs()
+        with _domain_errors():
+            if npc is not None or npcs is not None:
+                targets = [npc] if npc is not None else list(dict.fromkeys(npcs or []))
+                for t in targets:
+                    engine.retriever.npc(t)
+            elif location is not None or faction is not None:
+                ref = location if location is not None else faction
+                if ref not in index.entries:
+                    raise InvalidRequestError(f"{'location' if location is not None else 'faction'} {ref!r} is not a lore entry id")
+                attr = "location" if location is not None else "faction"
+                targets = [c.id for c in cards if c.npc is not None and getattr(c.npc, attr) == ref]
+            else:
+                targets = [c.id for c in cards]
+            if state:
+                engine.set_state(session, state)
+            return engine.add_event(session, text, targets)
+
+    def set_state(self, session: str, values: Mapping[str, StateValue], unset: list[str] | None = None) -> dict[str, StateValue]:
+        """Merge game state into a session (then remove `unset` keys); returns the session's state.
+        Raises `InvalidRequestError` (too many keys, remote dialogue engine)."""
+        engine = self._local("state")
+        with _domain_errors():
+            return engine.set_state(session, values, unset or [])
+
+    def declare(self, session: str, npc: str | None, actions: list[dict], fields: dict[str, dict], max_actions: int) -> None:
+        """Declare the actions (``name``, ``description``, ``parameters``: JSON Schema) and per-line fields
+        (name -> ``enum``, ``description``) of `npc` (None: every NPC) in `session`.
+
+        Raises:
+            UnsupportedSchemaError: a schema the grammar cannot enforce.
+            UnknownNpcError: `npc` is not an NPC.
+            InvalidRequestError: a remote dialogue engine.
+        """
+        engine = self._local("declare")
+        aset = ActionSet(
+            actions=tuple(ActionSpec(a["name"], a.get("description", ""), a.get("parameters") or {"type": "object", "properties": {}}) for a in actions),
+            fields=tuple(FieldSpec(k, tuple(f["enum"]), f.get("description", "")) for k, f in fields.items()),
+            max_actions=max_actions,
+        )
+        with _domain_errors():
+            engine.declare(session, npc, aset)
 
     def reset(self, session: str, npc: str) -> None:
         """Forget one conversation (and its saved state). Raises `UnknownNpcError`."""
@@ -308,10 +387,11 @@ class NarrativeService:
                     hits.append(LoreHit(e.id, e.name, e.kind.value, round(sim, 4), f"vector:{sim:.3f}", r.tokens(e)))
             return hits
 
-    def explain(self, npc: str, text: str, history: list[str]) -> Explanation:
-        """Why each entry is in or out of the turn `text` would start (the turn's real selection). Raises `UnknownNpcError`."""
+    def explain(self, npc: str, text: str, history: list[str], state: Mapping[str, StateValue] | None = None) -> Explanation:
+        """Why each entry is in or out of the turn `text` would start (the turn's real selection) with
+        game `state` (for entries' ``when:`` conditions). Raises `UnknownNpcError`."""
         with _domain_errors():
-            d = explain_turn(self._dialogue().retriever, npc, text, history)
+            d = explain_turn(self._dialogue().retriever, npc, text, history, **({"state": dict(state)} if state else {}))
         return Explanation(
             npc=d["npc"], budget=d["budget"], used=d["used"], prefix_budget=d["prefix_budget"],
             prefix_used=d["prefix_used"], included=d["included"], dropped=d["dropped"],

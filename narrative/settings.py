@@ -117,6 +117,15 @@ class EmbeddingSettings(BaseModel):
     n_threads: int | None = None
 
 
+class DialogueSettings(BaseModel):
+    """Dialogue turns beyond sampling (`narrative.dialogue`): thinking, game events and state, actions."""
+
+    thinking: bool = Field(False, description="Let a thinking model (Qwen3.5) reason before each line. The reasoning is never streamed, returned or kept in the history (narrative.visible_text); it costs its tokens in TTFT. Off: the template's empty think block (Qwen3.5's non-thinking mode, as its model card advises for chat).")
+    max_pending_events: int = Field(16, ge=1, le=256, description="Game events waiting for an NPC's next turn (protocol 'event'); when more arrive the oldest are dropped.")
+    max_state_keys: int = Field(1024, ge=1, le=65536, description="Game-state keys one session may hold (protocol 'state', say.state); a change past it is refused.")
+    max_sessions: int = Field(4096, ge=1, description="Sessions whose game state, events and declarations are kept; the least recently used beyond it are forgotten (their conversations are not).")
+
+
 class ContextSettings(BaseModel):
     """The context engine (`narrative.context`): checkpoints, the RAM store of evicted conversations, saved sessions."""
 

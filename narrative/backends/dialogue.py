@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from lore.render import render_entry
@@ -152,6 +152,7 @@ class RemoteDialogueEngine:
         on_text: Callable[[str], None] | None = None,
         priority: int = 0,
         client: str = "",
+        state: Mapping[str, object] | None = None,
     ) -> TurnResult:
         """One turn: select lore here, stream the reply from the first endpoint up. `priority` and
         `client` are accepted as by `narrative.dialogue.DialogueEngine.turn` and not used: the
@@ -165,7 +166,9 @@ class RemoteDialogueEngine:
         """
         t0 = time.perf_counter()
         conv = self.conversation(session, npc_id)
-        sel = self.retriever.select(npc_id, line, [t.player for t in conv.turns], exclude=conv.injected)
+        # `state` (this turn's game state) gates lore entries' when: conditions; events, declared actions and
+        # saved game state are the in-process engine's (the service refuses them for this engine)
+        sel = self.retriever.select(npc_id, line, [t.player for t in conv.turns], exclude=conv.injected, **({"state": dict(state)} if state else {}))
         lore_text = "".join(render_entry(p.entry) + "\n\n" for p in sel.turn)
         if lore_text:
             lore_text = "What you know that bears on this:\n" + lore_text

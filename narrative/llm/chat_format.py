@@ -15,6 +15,12 @@ class ChatFormat:
     with Qwen3.5's empty ``<think>\\n\\n</think>\\n\\n`` block after the assistant
     header when thinking is off; Gemma's ``<start_of_turn>`` format (no system role:
     the system text opens the first user turn).
+
+    ``thinking_open``: the assistant header that lets the model reason first (Qwen3.5:
+    ``<|im_start|>assistant\\n<think>\\n``, the template's default), or "" when the
+    template has no thinking. ``tool_format``: how the model writes tool calls (``qwen-xml``:
+    the template's ``<tool_call><function=...>`` XML; ``json``: no tool format of its own,
+    `narrative.actions` uses a JSON tail).
     """
 
     name: str
@@ -25,6 +31,8 @@ class ChatFormat:
     assistant_open: str
     assistant_close: str
     stop_strings: tuple[str, ...]
+    thinking_open: str = ""
+    tool_format: str = "json"
 
     def system(self, text: str) -> str:
         return f"{self.system_open}{text}{self.system_close}"
@@ -60,6 +68,8 @@ class ChatFormat:
                 assistant_open=f"<|im_start|>assistant\n{think}",
                 assistant_close="<|im_end|>\n",
                 stop_strings=("<|im_start|>", "<|im_end|>"),
+                thinking_open="<|im_start|>assistant\n<think>\n" if think else "",
+                tool_format="qwen-xml" if "<function=" in t and "<parameter=" in t else "json",
             )
         if "<start_of_turn>" in t:
             return ChatFormat(

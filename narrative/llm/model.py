@@ -20,7 +20,7 @@ from pathlib import Path
 
 from narrative.files import head_tail_sha256
 from narrative.llm.chat_format import ChatFormat
-from narrative.llm.errors import KvCacheFull, ModelError, StateError
+from narrative.llm.errors import GrammarRefused, KvCacheFull, ModelError, StateError
 from narrative.llm.sampling import SamplingParams
 from narrative.settings import BUNDLED_EMBEDDER, ModelSettings
 
@@ -101,6 +101,9 @@ class Generation:
     ttft_ms: float
     total_ms: float
     decode_tps: float
+    tail_text: str = ""
+    tail_complete: bool = True
+    tail_count: int = 0  # the last `tail_count` of `tokens` are the tail's
 
 
 def _llama_kwargs(s: ModelSettings) -> dict:
@@ -586,6 +589,14 @@ class LlamaModel:
         penalties -> top-k -> top-p -> temperature -> seeded draw."""
         return Sampler(self, params)
 
+    def constrained_sampler(self, params: SamplingParams, grammar: str, root: str = "root") -> "ConstrainedSampler":
+        """A sampler whose tokens always keep the text inside GBNF `grammar` (see `ConstrainedSampler`).
+
+        Raises:
+            GrammarRefused: llama.cpp cannot parse `grammar` (or refuses it).
+        """
+        return ConstrainedSampler(self, params, grammar, root)
+
     def token_bytes(self, token: int) -> bytes:
         """The raw bytes of one token (special tokens rendered)."""
         import llama_cpp
@@ -662,6 +673,103 @@ class Sampler:
 
         if self._chain is not None:
             llama_cpp.llama_sampler_free(self._chain)
+            self._chain = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class ConstrainedSampler:
+    """Sampling under a GBNF grammar for one sequence, over the logits of the last ``llama_decode``.
+
+    llama.cpp's grammar sampler (``llama_sampler_init_grammar``) masks every token whose text
+    cannot continue the grammar; end-of-generation is allowed only where the grammar is complete.
+    Masking the whole vocabulary each token is the expensive part (248k candidates on Qwen3.5),
+    so each draw first picks a token without the grammar and checks only that one against it;
+    the full mask runs only when it is rejected. This is llama.cpp's own order
+    (``common/sampling.cpp``, ``common_sampler_sample`` with ``grammar_first = false``). The
+    result is the same token as masking first for greedy decoding, and a draw from the same
+    masked distribution otherwise.
+
+    Args:
+        model: the model whose context holds the logits.
+        params: the draw (greedy when ``temperature <= 0``; else penalties, top-k, top-p,
+            temperature, seeded draw as `Sampler`).
+        grammar: GBNF text (llama.cpp ``grammars/README.md``); `root`: its start rule.
+
+    Raises:
+        GrammarRefused: llama.cpp cannot parse the grammar.
+    """
+
+    def __init__(self, model: LlamaModel, params: SamplingParams, grammar: str, root: str = "root") -> None:
+        import llama_cpp
+        import numpy as np
+
+        self._model = model
+        self._grammar = llama_cpp.llama_sampler_init_grammar(model._vocab, grammar.encode("utf-8"), root.encode("utf-8"))
+        if not self._grammar:
+            raise GrammarRefused("llama.cpp refused the grammar (see its log for the line)")
+        self._chain = Sampler(model, params) if params.temperature > 0 else None
+        n = model._n_vocab
+        self._data = np.zeros(n, dtype=np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True))
+        self._ids = np.arange(n, dtype=np.int32)
+        self._one = (llama_cpp.llama_token_data * 1)()
+        self.full_masks = 0  # draws whose first pick the grammar rejected (the whole vocabulary masked)
+        self.draws = 0
+
+    def _array(self, logits, n: int):
+        import llama_cpp
+
+        self._data["id"] = self._ids  # a draw sorts the array in place
+        self._data["logit"] = logits
+        ptr = self._data.ctypes.data_as(llama_cpp.llama_token_data_p)
+        return llama_cpp.llama_token_data_array(data=ptr, size=n, selected=-1, sorted=False)
+
+    def _pick(self, arr) -> int:
+        """Apply the draw (no grammar) to `arr` and return the chosen token id."""
+        import llama_cpp
+
+        if self._chain is None:  # greedy: the grammar only masks, ids stay in place
+            return int(self._data["logit"].argmax())
+        llama_cpp.llama_sampler_apply(self._chain._chain, ctypes.byref(arr))
+        return int(arr.data[arr.selected].id)
+
+    def sample(self, index: int) -> int:
+        """The next token at batch `index` of the last ``llama_decode``, accepted by the grammar
+        (and by the penalties' history). Raises `ModelError` when no token fits the grammar."""
+        import llama_cpp
+        import numpy as np
+
+        m = self._model
+        ptr = llama_cpp.llama_get_logits_ith(m._ctx, index)
+        if not ptr:
+            raise ModelError(f"no logits at batch index {index}")
+        logits = np.ctypeslib.as_array(ptr, shape=(m._n_vocab,))
+        self.draws += 1
+        tok = self._pick(self._array(logits, m._n_vocab))
+        self._one[0].id, self._one[0].logit, self._one[0].p = tok, 0.0, 0.0
+        single = llama_cpp.llama_token_data_array(data=self._one, size=1, selected=-1, sorted=False)
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(single))
+        if self._one[0].logit == float("-inf"):
+            self.full_masks += 1
+            arr = self._array(logits, m._n_vocab)
+            llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+            if not np.isfinite(self._data["logit"]).any():
+                raise ModelError("no token can continue the grammar")
+            tok = self._pick(arr)
+        llama_cpp.llama_sampler_accept(self._grammar, tok)
+        if self._chain is not None:
+            llama_cpp.llama_sampler_accept(self._chain._chain, tok)
+        return tok
+
+    def close(self) -> None:
+        import llama_cpp
+
+        if self._grammar is not None:
+            llama_cpp.llama_sampler_free(self._grammar)
+            self._grammar = None
+        if self._chain is not None:
+            self._chain.close()
             self._chain = None
 
     def __del__(self) -> None:
