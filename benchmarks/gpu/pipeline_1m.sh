@@ -8,7 +8,7 @@
 W=${W:-/tmp/work}; K=$W/kit; P=${P:-$W/proj}; L=$W/logs; G=$P/benchmarks/gpu
 M35=${M35:-$W/models/q35b.gguf}
 CTX=${CTX:-1010000}; KV=${KV:-q4_0}
-DEADLINE=${DEADLINE:-1230}   # s after the start: the prefill stops there (device budget)
+DEADLINE=${DEADLINE:-1320}   # s after the start: the prefill stops there (device budget)
 ANCHOR_BY=${ANCHOR_BY:-1150} # s after the start: later than this, the anchors are skipped
 export PYTHONPATH=$W/lcpp:$W/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 PROJ_ROOT=$P
 mkdir -p $L
