@@ -240,7 +240,7 @@ def load(path: str, preset: str | None, gpu: bool, n_seq: int, per_seq: int, n_b
     if preset:
         from narrative.presets import preset_settings
 
-        s = preset_settings(preset, path, n_ctx=per_seq * n_seq)
+        s = preset_settings(preset, path, n_ctx=per_seq * n_seq, n_seq_max=n_seq)
     else:
         s = dict(path=path, n_ctx=per_seq * n_seq)
     s.update(n_seq_max=n_seq, n_batch=n_batch)

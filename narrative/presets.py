@@ -233,9 +233,10 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def preset_settings(name: str, path: str, n_ctx: int | None = None) -> dict:
+def preset_settings(name: str, path: str, n_ctx: int | None = None, n_seq_max: int | None = None) -> dict:
     """`ModelSettings` fields for preset `name` with the GGUF at `path`; past 262,144
-    tokens of context, YaRN factor 4 over ``yarn_orig_ctx`` 262,144 (model card).
+    tokens of context per sequence (``n_ctx / n_seq_max``, `n_seq_max` overriding the
+    preset's), YaRN factor 4 over ``yarn_orig_ctx`` 262,144 (model card).
 
     Raises:
         KeyError: unknown preset (the message lists them).
@@ -247,6 +248,8 @@ def preset_settings(name: str, path: str, n_ctx: int | None = None) -> dict:
     s = dict(p.settings, path=path)
     if n_ctx is not None:
         s["n_ctx"] = n_ctx
+    if n_seq_max is not None:
+        s["n_seq_max"] = n_seq_max
     per_seq = s["n_ctx"] // s.get("n_seq_max", 1)
     if per_seq > YARN_MAX_CTX:
         raise ValueError(f"n_ctx per sequence {per_seq} exceeds {YARN_MAX_CTX:,} tokens (Qwen3.5 with YaRN)")

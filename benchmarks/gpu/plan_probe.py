@@ -37,8 +37,7 @@ def main() -> int:
     ap.add_argument("--seqs", type=int, required=True)
     ap.add_argument("--weights-bytes", type=int, default=0)
     a = ap.parse_args()
-    s = preset_settings(a.preset, a.model, n_ctx=a.per_seq * a.seqs)
-    s["n_seq_max"] = a.seqs
+    s = preset_settings(a.preset, a.model, n_ctx=a.per_seq * a.seqs, n_seq_max=a.seqs)
     ms = ModelSettings(**s)
     orig = nm._llama_kwargs
     nm._llama_kwargs = lambda st: dict(orig(st), verbose=True)

@@ -84,6 +84,8 @@ def test_presets_settings_and_refusal():
     s = preset_settings("qwen3.5-27b-dialogue", "/m/27b.gguf", n_ctx=4 * 1_000_000)
     assert s["yarn_factor"] == 4.0 and s["yarn_orig_ctx"] == 262_144 and s["flash_attn"] and s["type_v"] == "q8_0"
     assert "yarn_factor" not in preset_settings("qwen3.5-27b-dialogue", "/m/27b.gguf", n_ctx=4 * 262_144)
+    one = preset_settings("qwen3.5-35b-a3b-batch", "/m/35b.gguf", n_ctx=1_010_000, n_seq_max=1)  # the preset has 8
+    assert one["n_seq_max"] == 1 and one["yarn_factor"] == 4.0
     with pytest.raises(ValueError, match="1,010,000"):
         preset_settings("qwen3.5-27b-dialogue", "/m/27b.gguf", n_ctx=4 * 2_000_000)
     with pytest.raises(KeyError, match="presets: qwen3.5-27b-dialogue"):
