@@ -117,7 +117,7 @@ def _field_line(front: str, loc: tuple) -> int:
     for part in loc:
         if not isinstance(part, str):
             continue
-        pat = re.compile(rf"^\s*-?\s*{re.escape(part)}\s*:")
+        pat = re.compile(rf"^\s*-?\s*([\"']?){re.escape(part)}\1\s*:")  # a key may be quoted ("quest.heron":)
         for i in range(start, len(lines)):
             if pat.match(lines[i]):
                 found = i + 1
@@ -168,7 +168,7 @@ def parse_lore_text(text: str, path: Path, default_id: str) -> LoreEntry:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            loc = tuple(err["loc"])
+            loc = tuple(p for p in err["loc"] if p != "[key]")  # a mapping key that failed: pydantic appends '[key]'
             field = ".".join(str(p) for p in loc) or "entry"
             msg = f"{field}: {err['msg']}"
             if isinstance(err.get("input"), bool) and err["type"] == "string_type":

@@ -1,0 +1,250 @@
+"""State-gated lore (``when:``): the condition language, its load errors, and selection against a game state.
+
+The language (`lore.conditions`) is checked against a straightforward reference with
+hypothesis; selection runs the real `Retriever` on a real chromadb index on disk
+(`FakeHashEmbedder`, a fake, see tests/lore/helpers.py); `lore check` / `lore why`
+go through the real CLI entry point.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from lore.conditions import When, validate_state
+from lore.loader import LoreFileError, load_dir, parse_lore_text
+from lore.schema import LoreEntry
+from tests.conftest import SAMPLES
+
+# ---- the language ---------------------------------------------------------
+
+
+def when(raw: dict) -> When:
+    return When.model_validate(raw)
+
+
+@pytest.mark.parametrize(
+    "raw, state, holds",
+    [
+        ({"quest.heron": "done"}, {"quest.heron": "done"}, True),
+        ({"quest.heron": "done"}, {"quest.heron": "started"}, False),
+        ({"quest.heron": "done"}, {}, False),
+        ({"gold": 5}, {"gold": 5.0}, True),  # 5 equals 5.0
+        ({"gold": 5}, {"gold": "5"}, False),  # a string never equals a number
+        ({"night": True}, {"night": 1}, False),  # a bool is not a number
+        ({"count": 1}, {"count": True}, False),
+        ({"night": True}, {"night": True}, True),
+        ({"weather": ["rain", "fog"]}, {"weather": "fog"}, True),
+        ({"weather": ["rain", "fog"]}, {"weather": "sun"}, False),
+        ({"weather": ["rain", "fog"]}, {}, False),
+        ({"gold": {"gte": 10, "lt": 100}}, {"gold": 10}, True),
+        ({"gold": {"gte": 10, "lt": 100}}, {"gold": 100}, False),
+        ({"gold": {"gte": 10, "lt": 100}}, {"gold": 9.5}, False),
+        ({"gold": {"gt": 1}}, {"gold": "12"}, False),  # numeric ops need a number in the state: no error, no hold
+        ({"gold": {"gt": 0}}, {"gold": True}, False),
+        ({"gold": {"lte": 0}}, {}, False),
+        ({"gold": {"ne": 3}}, {}, True),  # a missing key: ne holds ...
+        ({"gold": {"exists": False}}, {}, True),  # ... and so does exists: false, and nothing else
+        ({"gold": {"exists": True}}, {}, False),
+        ({"gold": {"exists": True}}, {"gold": 0}, True),
+        ({"gold": {"exists": False}}, {"gold": False}, False),
+        ({"gold": {"ne": 3}}, {"gold": "3"}, True),  # ne is exactly not eq
+        ({"gold": {"in": [1, "x"]}}, {"gold": 1.0}, True),
+        ({"a": 1, "b": {"exists": False}}, {"a": 1}, True),  # all must hold
+        ({"a": 1, "b": {"exists": False}}, {"a": 1, "b": 2}, False),
+        ({"a": "done"}, {"a": None}, False),  # a value outside the language equals nothing ...
+        ({"a": {"ne": "done", "exists": True}}, {"a": [1]}, True),  # ... but is set
+    ],
+)
+def test_holds(raw, state, holds):
+    w = when(raw)
+    assert w.holds(state) is holds
+    assert (w.unmet(state) == []) is holds
+
+
+def test_unmet_says_which_part_failed_in_words():
+    w = when({"quest.heron": "done", "gold": {"gte": 10}, "weather": ["rain", "fog"], "curfew": {"exists": False}, "night": True})
+    assert w.unmet({"quest.heron": "started", "gold": "ten", "curfew": 1, "night": 1}) == [
+        "needs quest.heron = done, state has quest.heron = started",
+        "needs gold >= 10, state has gold = ten (not a number)",
+        "weather is not set",
+        "needs curfew unset, state has curfew = 1",
+        "needs night = true, state has night = 1",
+    ]
+    assert w.unmet({}) == ["quest.heron is not set", "gold is not set", "weather is not set", "night is not set"]
+    assert when({"gold": {"gt": 1, "lt": 5}}).unmet({}) == ["gold is not set"]  # once per key, not per operator
+    assert when({"code": 12}).unmet({"code": "12"}) == ['needs code = 12, state has code = "12"']  # a string that reads as a number is quoted
+    assert w.describe() == "quest.heron = done and gold >= 10 and weather in [rain, fog] and curfew is not set and night = true"
+    assert when({"g": {"gt": 1, "lte": 2.5, "ne": "x", "exists": True}}).describe() == "g != x and g > 1 and g <= 2.5 and g is set"
+
+
+@pytest.mark.parametrize(
+    "raw, loc, message",
+    [
+        ({"a": {"equals": 1}}, ("a",), "unknown operator 'equals' (operators: eq, ne, gt, gte, lt, lte, in, exists)"),
+        ({"a": {"gt": "ten"}}, ("a", "gt"), "needs a finite number (not true/false, not a string), got ten (str)"),
+        ({"a": {"gte": True}}, ("a", "gte"), "needs a finite number (not true/false, not a string), got true (bool)"),
+        ({"a": {"lt": float("nan")}}, ("a", "lt"), "needs a finite number (not true/false, not a string), got nan (float)"),
+        ({"a": {"eq": [1]}}, ("a", "eq"), "needs a string, a number or true/false, got a list"),
+        ({"a": {"in": 3}}, ("a", "in"), "needs a list of values, got 3 (int)"),
+        ({"a": {"in": []}}, ("a", "in"), "needs at least one value (an empty list never holds)"),
+        ({"a": {"exists": 1}}, ("a", "exists"), "needs true or false, got 1 (int)"),
+        ({"a": {}}, ("a",), "an empty mapping: give at least one operator (eq, ne, gt, gte, lt, lte, in, exists)"),
+        ({"a": None}, ("a",), "needs a value: a string, a number or true/false (equals), a list (any of) or a mapping of operators, got nothing (null)"),
+        ({"a": [1, {"b": 2}]}, ("a",), "a list (any of): item 2: needs a string, a number or true/false, got a mapping"),
+        ({"bad key": 1}, ("bad key", "[key]"), "state key 'bad key': use 1-64 characters of A-Z a-z 0-9 _ . -"),
+        ({"k" * 65: 1}, ("k" * 65, "[key]"), f"state key '{'k' * 65}': use 1-64 characters of A-Z a-z 0-9 _ . -"),
+        ({}, (), "an empty when: give at least one state key and its condition (or remove the field)"),
+    ],
+)
+def test_validation_errors_name_the_field(raw, loc, message):
+    with pytest.raises(ValidationError) as exc:
+        when(raw)
+    [err] = exc.value.errors()
+    assert (tuple(err["loc"]), err["msg"]) == (loc, message)
+
+
+def test_a_when_serializes_as_written_and_round_trips():
+    raw = {"quest.heron": "done", "w": ["rain", "fog"], "gold": {"gte": 10, "in": [10, 20]}, "n": {"eq": True}}
+    w = when(raw)
+    assert w.model_dump() == {"quest.heron": "done", "w": ["rain", "fog"], "gold": {"gte": 10, "in": [10, 20]}, "n": True}
+    assert When.model_validate_json(w.model_dump_json()) == w
+
+
+def test_validate_state_is_for_the_boundary():
+    assert validate_state({"quest.heron": "done", "gold": 12, "x": 0.5, "night": True}) == {"quest.heron": "done", "gold": 12, "x": 0.5, "night": True}
+    for bad, part in (({"a": None}, "state a"), ({"a": [1]}, "state a"), ({"a": math.inf}, "state a"), ({"bad key": 1}, "state key 'bad key'"), ({3: 1}, "state key 3")):
+        with pytest.raises(ValueError, match="^" + part.replace(".", r"\.")):
+            validate_state(bad)
+
+
+# ---- property tests against a straightforward reference ------------------------
+
+
+def _kind(v):
+    if type(v) is bool:
+        return "bool"
+    if type(v) in (int, float):
+        return "number"
+    if type(v) is str:
+        return "str"
+    return None
+
+
+def _equal(a, b):
+    return _kind(a) is not None and _kind(a) == _kind(b) and a == b
+
+
+def reference_holds(raw: dict, state: dict) -> bool:
+    """The spec, written out op by op."""
+    for key, cond in raw.items():
+        ops = cond if isinstance(cond, dict) else {"in": cond} if isinstance(cond, list) else {"eq": cond}
+        for op, want in ops.items():
+            if op == "exists":
+                ok = (key in state) == want
+            elif key not in state:
+                ok = op == "ne"
+            elif op == "eq":
+                ok = _equal(state[key], want)
+            elif op == "ne":
+                ok = not _equal(state[key], want)
+            elif op == "in":
+                ok = any(_equal(state[key], w) for w in want)
+            elif _kind(state[key]) != "number":
+                ok = False
+            else:
+                ok = {"gt": state[key] > want, "gte": state[key] >= want, "lt": state[key] < want, "lte": state[key] <= want}[op]
+            if not ok:
+                return False
+    return True
+
+
+KEYS = st.sampled_from(["a", "b", "quest.heron"])
+NUMBERS = st.one_of(st.integers(-3, 3), st.sampled_from([-1.5, 0.0, 1.0, 2.0, 2.5]))
+SCALARS = st.one_of(st.booleans(), NUMBERS, st.sampled_from(["", "done", "started", "1", "true"]))
+OPS = st.fixed_dictionaries({}, optional={
+    "eq": SCALARS, "ne": SCALARS, "gt": NUMBERS, "gte": NUMBERS, "lt": NUMBERS, "lte": NUMBERS,
+    "in": st.lists(SCALARS, min_size=1, max_size=3), "exists": st.booleans(),
+}).filter(bool)
+CONDITIONS = st.one_of(SCALARS, st.lists(SCALARS, min_size=1, max_size=3), OPS)
+WHENS = st.dictionaries(KEYS, CONDITIONS, min_size=1, max_size=3)
+STATES = st.dictionaries(KEYS, st.one_of(SCALARS, st.none(), st.just([1])), max_size=3)
+
+
+@settings(max_examples=400, deadline=None)
+@given(WHENS, STATES)
+def test_holds_matches_the_reference(raw, state):
+    w = when(raw)
+    assert w.holds(state) is reference_holds(raw, state)
+    assert (w.unmet(state) == []) is w.holds(state)
+    back = When.model_validate_json(w.model_dump_json())
+    assert back == w and back.holds(state) is w.holds(state)
+    assert w.describe()
+
+
+JUNK = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.one_of(st.text(max_size=5), st.sampled_from(["eq", "gt", "in", "exists"])), inner, max_size=3)),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JUNK, STATES)
+def test_any_input_validates_or_fails_as_a_validation_error(raw, state):
+    try:
+        w = When.model_validate(raw)
+    except ValidationError as exc:
+        assert all(e["msg"] for e in exc.errors())
+        return
+    w.holds(state)  # checking a state never raises
+    w.unmet(state)
+
+
+# ---- lore files ---------------------------------------------------------------
+
+
+def test_a_bad_when_is_a_load_error_naming_file_and_line(tmp_path):
+    path = tmp_path / "a.md"
+    text = """\
+---
+kind: lore
+name: A
+when:
+  quest.heron: done
+  gold:
+    gte: ten
+  'bad key': 1
+  night: {equals: true}
+---
+Body.
+"""
+    with pytest.raises(LoreFileError) as exc:
+        parse_lore_text(text, path, "a")
+    assert [str(p) for p in exc.value.problems] == [
+        f"{path}:7: error: when.gold.gte: needs a finite number (not true/false, not a string), got ten (str)",
+        f"{path}:8: error: when.bad key: state key 'bad key': use 1-64 characters of A-Z a-z 0-9 _ . -",
+        f"{path}:9: error: when.night: unknown operator 'equals' (operators: eq, ne, gt, gte, lt, lte, in, exists)",
+    ]
+    flow = "---\nkind: lore\nname: A\nkeys: [a]\nwhen: {quest.heron: {in: []}}\n---\nBody.\n"
+    with pytest.raises(LoreFileError) as exc:
+        parse_lore_text(flow, path, "a")
+    assert [str(p) for p in exc.value.problems] == [f"{path}:5: error: when.quest.heron.in: needs at least one value (an empty list never holds)"]
+
+
+def test_ungated_entries_serialize_as_before():
+    """No ``when`` key in an ungated entry's JSON: the catalog, chunk ids and batch digests of existing lore do not change."""
+    files, problems = load_dir(SAMPLES)
+    assert not problems
+    for f in files:
+        for e in f.entries:
+            assert e.when is None and '"when"' not in e.model_dump_json() and "when" not in e.model_dump()
+    gated = LoreEntry(id="g", kind="lore", name="G", when={"a": 1})
+    assert json.loads(gated.model_dump_json())["when"] == {"a": 1}
+
+
