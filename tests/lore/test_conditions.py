@@ -17,9 +17,12 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from lore.conditions import When, validate_state
+from lore.index import LoreIndex
 from lore.loader import LoreFileError, load_dir, parse_lore_text
+from lore.retrieve import STATE, Retriever
 from lore.schema import LoreEntry
 from tests.conftest import SAMPLES
+from tests.lore.helpers import NPC, FakeHashEmbedder, lore_file, world
 
 # ---- the language ---------------------------------------------------------
 
@@ -246,5 +249,141 @@ def test_ungated_entries_serialize_as_before():
             assert e.when is None and '"when"' not in e.model_dump_json() and "when" not in e.model_dump()
     gated = LoreEntry(id="g", kind="lore", name="G", when={"a": 1})
     assert json.loads(gated.model_dump_json())["when"] == {"a": 1}
+
+
+# ---- selection ------------------------------------------------------------------
+
+DONE = {"quest.heron": "done"}
+
+
+def lore(name: str, text: str, **kw) -> dict:
+    return {"kind": "lore", "name": name, "text": text, "name_is_key": False, **kw}
+
+
+WORLD = {
+    "inn": {"kind": "npc", "name": "Innkeeper", "npc": {**NPC, "location": "bellows"}},
+    "guard": {"kind": "npc", "name": "Guard", "npc": NPC},
+    "bellows": {"kind": "place", "name": "The Bellows", "text": "The inn is full of smoke at night.", "when": {"night": True}},
+    "calendar": lore("Calendar", "It is early spring.", constant=True),
+    "news": lore("News", "The barge was found scuttled.", constant=True, when={"quest.heron": "done"}),
+    "backdrop": lore("Backdrop", "The fen burns below the town.", position="prefix", when={"quest.heron": {"exists": True}}),
+    "hoard": lore("Hoard", "Chests of sealed papers.", keys=["hoard"], when={"quest.heron": "done"}),
+    "rumour": lore("Rumour", "People whisper about the hoard.", keys=["rumour"]),
+    "ledger": lore("Ledger", "The compact ledger records every debt owed.", keys=["xyzzy"], when={"gold": {"gte": 10}}),
+}
+
+
+def ids(picks) -> list[str]:
+    return [p.entry.id for p in picks]
+
+
+def dropped(sel) -> dict[str, str]:
+    return {p.entry.id: p.reason for p in sel.dropped}
+
+
+def test_a_gated_keyed_entry_is_selected_only_while_its_condition_holds(tmp_path):
+    r = world(tmp_path, WORLD)
+    line = "What do you know of the hoard?"
+    sel = r.select("guard", line)
+    assert "hoard" not in ids(sel.turn) and dropped(sel)["hoard"] == STATE
+    sel = r.select("guard", line, state={"quest.heron": "started"})
+    assert "hoard" not in ids(sel.turn) and dropped(sel)["hoard"] == STATE
+    sel = r.select("guard", line, state=DONE)
+    assert "hoard" in ids(sel.turn) and "hoard" not in dropped(sel)
+    assert next(p for p in sel.turn if p.entry.id == "hoard").why == "key:hoard"
+    # by recursion: the rumour's text names the hoard
+    sel = r.select("guard", "Any rumour?")
+    assert ids(sel.turn) == ["rumour"] and dropped(sel)["hoard"] == STATE
+    sel = r.select("guard", "Any rumour?", state=DONE)
+    assert ids(sel.turn) == ["news", "backdrop", "rumour", "hoard"] and sel.turn[3].found_in == "recursion:rumour"
+
+
+def test_a_gated_entry_found_by_similarity_is_dropped_for_state(tmp_path):
+    r = world(tmp_path, WORLD, vector_k=5)
+    line = "who keeps the compact ledger of every debt?"
+    sel = r.select("guard", line, state={"gold": 9})
+    assert "ledger" not in ids(sel.turn) and dropped(sel)["ledger"] == STATE
+    ledger = next(p for p in sel.dropped if p.entry.id == "ledger")
+    assert ledger.key is None and ledger.lexical is not None  # found by similarity, not by a key
+    sel = r.select("guard", line, state={"gold": 10})
+    ledger = next(p for p in sel.turn if p.entry.id == "ledger")
+    assert ledger.key is None and ledger.lexical is not None
+
+
+def test_gated_prefix_lore_is_never_in_the_prefix_and_stands_in_each_turn_while_it_holds(tmp_path):
+    r = world(tmp_path, WORLD)
+    prefix = [(p.entry.id, p.tokens, p.why) for p in r.prefix("inn")]
+    assert prefix == [("inn", prefix[0][1], "card"), ("calendar", prefix[1][1], "constant")]  # no scene, no news, no backdrop
+    states = [None, {}, DONE, {"quest.heron": "started", "night": True}, {**DONE, "night": True}]
+    turns = {}
+    for state in states:
+        sel = r.select("inn", "Good evening.", state=state)
+        assert [(p.entry.id, p.tokens, p.why) for p in sel.prefix] == prefix  # byte-stable whatever the state
+        turns[json.dumps(state)] = ([(p.entry.id, p.why) for p in sel.turn], dropped(sel))
+    assert turns["null"] == ([], {"bellows": STATE, "news": STATE, "backdrop": STATE})
+    assert turns[json.dumps(DONE)] == ([("news", "when:constant"), ("backdrop", "when:prefix")], {"bellows": STATE})
+    assert turns[json.dumps({"quest.heron": "started", "night": True})] == ([("bellows", "when:scene"), ("backdrop", "when:prefix")], {"news": STATE})
+    assert turns[json.dumps({**DONE, "night": True})][0] == [("bellows", "when:scene"), ("news", "when:constant"), ("backdrop", "when:prefix")]
+    # standing lore comes before the entries the line triggers, and is not triggered a second time by its name
+    sel = r.select("inn", "Tell me about the hoard and The Bellows.", state={**DONE, "night": True})
+    assert ids(sel.turn) == ["bellows", "news", "backdrop", "hoard"]
+    assert [(p.entry.id, p.tokens) for p in r.prefix("inn")] == [(x[0], x[1]) for x in prefix]
+    # for another NPC, the place is not its scene: it is keyed lore, gated as usual
+    assert "bellows" not in ids(r.select("guard", "Is The Bellows open?").turn)
+    assert dropped(r.select("guard", "Is The Bellows open?"))["bellows"] == STATE
+    assert "bellows" in ids(r.select("guard", "Is The Bellows open?", state={"night": True}).turn)
+
+
+def test_standing_lore_already_in_the_conversation_is_not_injected_again(tmp_path):
+    r = world(tmp_path, WORLD)
+    sel = r.select("inn", "Evening.", exclude={"news"}, state=DONE)
+    assert ids(sel.turn) == ["backdrop"] and sel.present == ["news"]
+    sel = r.select("inn", "Evening.", exclude={"news", "hoard"}, state={})
+    assert sel.present == [] and dropped(sel)["news"] == STATE
+    sel = r.select("guard", "the hoard?", exclude={"hoard"}, state=DONE)
+    assert sel.present == ["hoard"] and "hoard" not in ids(sel.turn)
+    assert r.select("guard", "the hoard?", exclude={"hoard"}).present == []  # triggered, but its condition does not hold
+
+
+def test_a_when_on_an_npc_card_is_ignored(tmp_path):
+    r = world(tmp_path, {
+        "inn": {"kind": "npc", "name": "Innkeeper", "npc": NPC, "when": {"night": True}},
+        "guard": {"kind": "npc", "name": "Guard", "npc": NPC},
+    })
+    assert ids(r.prefix("inn")) == ["inn"]
+    assert ids(r.select("guard", "Where is the Innkeeper?").turn) == ["inn"]
+
+
+def test_ungated_selection_is_unchanged_by_gated_entries(tmp_path):
+    ungated = {k: v for k, v in WORLD.items() if "when" not in v}
+    a = world(tmp_path / "a", ungated)
+    b = world(tmp_path / "b", WORLD)
+    for npc, line in (("inn", "Any rumour?"), ("guard", "What of the calendar?"), ("inn", "hello")):
+        for r in (a, b):
+            assert [(p.entry.id, p.why, p.tokens) for p in r.prefix(npc)] == [(p.entry.id, p.why, p.tokens) for p in a.prefix(npc)]
+        sa, sb = a.select(npc, line), b.select(npc, line, state={**DONE, "night": True, "gold": 0})
+        assert [p.entry.id for p in sb.turn if p.entry.when is None] == ids(sa.turn)
+
+
+def test_the_catalog_keeps_when_and_a_bad_edit_keeps_the_last_good_version(tmp_path):
+    r = world(tmp_path, WORLD)
+    again = LoreIndex(tmp_path / "state", FakeHashEmbedder())  # opened from disk
+    for eid in ("news", "hoard", "ledger", "bellows"):
+        assert again.entries[eid].when == r.index.entries[eid].when == LoreEntry.model_validate(WORLD[eid] | {"id": eid}).when
+    assert again.entries["calendar"].when is None
+    r2 = Retriever(again, lambda t: len(t.split()), vector_k=0, token_budget=600, prefix_budget=1500)
+    assert ids(r2.prefix("inn")) == ["inn", "calendar"]
+    assert ids(r2.select("guard", "the hoard?", state=DONE).turn) == ["news", "backdrop", "hoard"]
+
+    root = tmp_path / "lore"
+    (root / "hoard.md").write_text(lore_file("Chests.", id="hoard", kind="lore", name="Hoard", keys=["hoard"], when={"quest.heron": {"equals": "done"}}))
+    report = again.sync(root)
+    assert [str(p) for p in report.problems] == [f"{root / 'hoard.md'}:8: error: when.quest.heron: unknown operator 'equals' (operators: eq, ne, gt, gte, lt, lte, in, exists)"]
+    assert again.entries["hoard"].when.model_dump() == {"quest.heron": "done"} and len(again.entries) == len(WORLD) + 1
+    report = again.sync_file(root, root / "hoard.md")
+    assert report.problems and again.entries["hoard"].text == "Chests of sealed papers."
+    (root / "hoard.md").write_text(lore_file("Chests.", id="hoard", kind="lore", name="Hoard", keys=["hoard"], when={"quest.heron": ["done", "told"]}))
+    assert not again.sync_file(root, root / "hoard.md").problems
+    assert again.entries["hoard"].when.holds({"quest.heron": "told"})
 
 
