@@ -16,13 +16,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from app.cli import main
 from lore.conditions import When, validate_state
+from lore.explain import diagnose, explain, format_explanation
 from lore.index import LoreIndex
 from lore.loader import LoreFileError, load_dir, parse_lore_text
 from lore.retrieve import STATE, Retriever
 from lore.schema import LoreEntry
 from tests.conftest import SAMPLES
-from tests.lore.helpers import NPC, FakeHashEmbedder, lore_file, world
+from tests.lore.helpers import NPC, FakeHashEmbedder, lore_file, world, write_world
 
 # ---- the language ---------------------------------------------------------
 
@@ -387,3 +389,92 @@ def test_the_catalog_keeps_when_and_a_bad_edit_keeps_the_last_good_version(tmp_p
     assert again.entries["hoard"].when.holds({"quest.heron": "told"})
 
 
+# ---- lore check, lore why -------------------------------------------------------
+
+
+def test_lore_check_names_file_and_line_and_warns_about_a_card(tmp_path, capsys):
+    root = tmp_path / "lore"
+    root.mkdir()
+    (root / "card.md").write_text(lore_file(kind="npc", name="Guard", npc=NPC, when={"night": True}))
+    (root / "ok.md").write_text(lore_file("Fine.", kind="lore", name="Ok", keys=["ok"], when={"quest.heron": "done", "gold": {"gte": 3}}))
+    assert main(["lore", "check", str(root)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{root / 'card.md'}:7: warning: when: an NPC card is never gated, so this condition is ignored; put a when on the lore entries it should gate",
+    ]
+    (root / "bad.md").write_text(lore_file("x", kind="lore", name="Bad", keys=["bad"], when={"gold": {"gte": "3"}, "night": {"eq": None}, "a b": 1}))
+    (root / "op.md").write_text(lore_file("x", kind="lore", name="Op", keys=["op"], when={"gold": {"over": 3}}))
+    assert main(["lore", "check", str(root)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"{root / 'bad.md'}:8: error: when.gold.gte: needs a finite number (not true/false, not a string), got \"3\" (str)",
+        f"{root / 'bad.md'}:10: error: when.night.eq: needs a string, a number or true/false, got nothing (null)",
+        f"{root / 'bad.md'}:11: error: when.a b: state key 'a b': use 1-64 characters of A-Z a-z 0-9 _ . -",
+        f"{root / 'card.md'}:7: warning: when: an NPC card is never gated, so this condition is ignored; put a when on the lore entries it should gate",
+        f"{root / 'op.md'}:7: error: when.gold: unknown operator 'over' (operators: eq, ne, gt, gte, lt, lte, in, exists)",
+    ], "\n".join(out)
+
+
+def test_explain_shows_the_condition_and_what_is_unmet(tmp_path):
+    r = world(tmp_path, WORLD)
+    d = explain(r, "inn", "the hoard?", state={"quest.heron": "started"})
+    inc = {x["entry"]: x for x in d["included"]}
+    drop = {x["entry"]: x for x in d["dropped"]}
+    assert d["state"] == {"quest.heron": "started"}
+    assert inc["backdrop"]["when"] == "quest.heron is set" and inc["backdrop"]["holds"] is True
+    assert inc["backdrop"]["placement"] == "turn" and inc["backdrop"]["why"] == "when:prefix"
+    assert drop["hoard"]["reason"] == "state" and drop["hoard"]["holds"] is False
+    assert drop["hoard"]["unmet"] == ["needs quest.heron = done, state has quest.heron = started"]
+    assert drop["bellows"]["unmet"] == ["night is not set"] and drop["bellows"]["placement"] == "turn"
+    assert "when" not in inc["calendar"] and "when" not in inc["inn"]
+    text = format_explanation(d)
+    assert "state: quest.heron=started" in text
+    assert "does not hold: needs quest.heron = done, state has quest.heron = started" in text
+    why = diagnose(r, "inn", "hello", "news", state={"quest.heron": "started"})
+    assert why[0] == "triggered (when:constant) but dropped: state"
+    assert "when quest.heron = done: does not hold: needs quest.heron = done, state has quest.heron = started" in why
+    assert why[-1].startswith("placement: it would be prefix lore, but an entry with a when is never in the prefix")
+    assert diagnose(r, "inn", "hello", "news", state=DONE)[0].startswith("included in the turn (when:constant)")
+
+
+def test_lore_why_and_query_take_a_state(tmp_path, capsys):
+    root = write_world(tmp_path / "lore", WORLD)
+    base = ["lore", "why", "--state-dir", str(tmp_path / "state"), "--words", "--npc", "inn"]
+    assert main([*base, "--lore", str(root), "Tell me of the hoard.", "--state", "quest.heron=done", "--state", "night=true"]) == 0
+    out = capsys.readouterr().out
+    assert "state: quest.heron=done, night=true" in out
+    rows = {line.split()[1]: line for line in out.splitlines() if line.split()[:1] in (["turn"], ["prefix"], ["state"])}
+    assert "when quest.heron = done: holds" in rows["hoard"] and rows["hoard"].startswith("turn")
+    assert "when:scene, when night = true: holds" in rows["bellows"]
+
+    assert main([*base, "Tell me of the hoard.", "--state-json", '{"quest.heron": "started", "gold": 12}', "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["state"] == {"quest.heron": "started", "gold": 12}
+    hoard = next(x for x in d["dropped"] if x["entry"] == "hoard")
+    assert (hoard["reason"], hoard["unmet"]) == ("state", ["needs quest.heron = done, state has quest.heron = started"])
+    assert main([*base, "Tell me of the hoard.", "--state-json", '{"quest.heron": "started"}', "--state", "quest.heron=done", "--json"]) == 0
+    assert "hoard" in [x["entry"] for x in json.loads(capsys.readouterr().out)["included"]]  # --state wins over --state-json
+
+    assert main([*base, "--entry", "news", "hello", "--state", "quest.heron=done"]) == 0
+    assert capsys.readouterr().out.startswith("news: included in the turn (when:constant)")
+
+    query = ["lore", "query", "--state-dir", str(tmp_path / "state"), "--words", "--npc", "guard", "the hoard?"]
+    assert main(query) == 0
+    rows = [line.split()[:3] for line in capsys.readouterr().out.splitlines()]
+    assert ["dropped", "hoard", "key:hoard"] in rows and ["dropped", "news", "when:constant"] in rows
+    assert main([*query, "--state", "quest.heron=done"]) == 0
+    rows = [line.split()[:3] for line in capsys.readouterr().out.splitlines()]
+    assert ["turn", "hoard", "key:hoard"] in rows and ["turn", "news", "when:constant"] in rows
+
+    for bad, msg in ((["--state", "quest.heron"], "write KEY=VALUE"), (["--state-json", "[1]"], "needs a JSON object"),
+                     (["--state-json", '{"a": null}'], "state a: a value is a string"), (["--state", "a b=1"], "state key 'a b'")):
+        assert main([*base, "hello", *bad]) == 2
+        assert msg in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, value", [("12", 12), ("-3", -3), ("0.5", 0.5), ("1e3", 1000.0), ("true", True), ("False", False),
+                                         ("done", "done"), ("nan", "nan"), ("", ""), ("1_000", "1_000"), ("a=b", "a=b")])
+def test_state_values_from_the_command_line(text, value):
+    from app.lore_commands import parse_state_value
+
+    got = parse_state_value(text)
+    assert got == value and type(got) is type(value)
