@@ -246,9 +246,12 @@ def test_ungated_entries_serialize_as_before():
     """No ``when`` key in an ungated entry's JSON: the catalog, chunk ids and batch digests of existing lore do not change."""
     files, problems = load_dir(SAMPLES)
     assert not problems
+    gated = {e.id for f in files for e in f.entries if e.when is not None}
+    assert gated == {"heron-found"}
     for f in files:
         for e in f.entries:
-            assert e.when is None and '"when"' not in e.model_dump_json() and "when" not in e.model_dump()
+            assert ('"when"' in e.model_dump_json()) is (e.id in gated)
+            assert ("when" in e.model_dump()) is (e.id in gated)
     gated = LoreEntry(id="g", kind="lore", name="G", when={"a": 1})
     assert json.loads(gated.model_dump_json())["when"] == {"a": 1}
 
@@ -387,6 +390,20 @@ def test_the_catalog_keeps_when_and_a_bad_edit_keeps_the_last_good_version(tmp_p
     (root / "hoard.md").write_text(lore_file("Chests.", id="hoard", kind="lore", name="Hoard", keys=["hoard"], when={"quest.heron": ["done", "told"]}))
     assert not again.sync_file(root, root / "hoard.md").problems
     assert again.entries["hoard"].when.holds({"quest.heron": "told"})
+
+
+def test_the_sample_worlds_gated_news_follows_the_quest(tmp_path):
+    index = LoreIndex(tmp_path / "state", FakeHashEmbedder())
+    assert not index.sync(SAMPLES).problems
+    r = Retriever(index, lambda t: len(t.split()), vector_k=0)
+    done = {"quest.the-heron-that-never-docked": "done"}
+    for npc in ("odile-brask", "hale-corrow", "ysolde-harrow"):
+        prefix = ids(r.prefix(npc))
+        assert "heron-found" not in prefix and "cinderfen-reckoning" in prefix
+        sel = r.select(npc, "Any news?", state=done)
+        assert ids(sel.prefix) == prefix and sel.turn[0].entry.id == "heron-found" and sel.turn[0].why == "when:constant"
+        sel = r.select(npc, "Any news?", state={"quest.the-heron-that-never-docked": "started"})
+        assert "heron-found" not in ids(sel.turn) and dropped(sel)["heron-found"] == STATE
 
 
 # ---- lore check, lore why -------------------------------------------------------
