@@ -72,8 +72,8 @@ def _add_state_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_lore_index(args: argparse.Namespace) -> int:
-    from app.settings import settings_from_args
     from app.runtime import open_index
+    from app.settings import settings_from_args
 
     s = settings_from_args(args)
     index, _ = open_index(s)
@@ -85,9 +85,9 @@ def cmd_lore_index(args: argparse.Namespace) -> int:
 
 
 def cmd_lore_query(args: argparse.Namespace) -> int:
-    from lore.retrieve import Retriever, UnknownNpc
-    from app.settings import settings_from_args
     from app.runtime import open_index
+    from app.settings import settings_from_args
+    from lore.retrieve import Retriever, UnknownNpc
 
     s = settings_from_args(args)
     index, _ = open_index(s)
@@ -114,8 +114,8 @@ def cmd_lore_query(args: argparse.Namespace) -> int:
 
 
 def cmd_why(args: argparse.Namespace) -> int:
-    from app.settings import settings_from_args
     from app.runtime import open_index
+    from app.settings import settings_from_args
     from lore.explain import diagnose, explain, format_explanation
     from lore.retrieve import Retriever, UnknownNpc
 

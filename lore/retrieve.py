@@ -229,7 +229,7 @@ class Retriever:
         self._deepest_scan = 0
 
     @classmethod
-    def from_settings(cls, index: LoreIndex, count_tokens: TokenCounter, lore: LoreSettings) -> "Retriever":
+    def from_settings(cls, index: LoreIndex, count_tokens: TokenCounter, lore: LoreSettings) -> Retriever:
         """A retriever configured by `lore` (the same as ``Retriever(index, count_tokens, lore)``)."""
         return cls(index, count_tokens, lore)
 

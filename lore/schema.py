@@ -139,7 +139,7 @@ class LoreEntry(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _npc_needs_card(self) -> "LoreEntry":
+    def _npc_needs_card(self) -> LoreEntry:
         if self.kind == Kind.npc and self.npc is None:
             raise ValueError("kind 'npc' needs an 'npc' section (persona, voice, knows, hides)")
         if self.kind != Kind.npc and self.npc is not None:
