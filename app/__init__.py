@@ -7,6 +7,6 @@ nothing imports it. ``python -m app`` is the ``narrative`` command.
 # llama_cpp before anything that imports numpy (chromadb, gguf): on a CUDA build of llama-cpp-python,
 # numpy loaded first makes model loading crash in the CUDA backend (issue 13). Every entry point
 # (`narrative`, `python -m app`) imports this package first.
-from narrative.llm import load_backend as _load_backend  # noqa: E402
+from narrative.llm import load_backend as _load_backend
 
 _load_backend()

@@ -46,7 +46,12 @@ e.g. NARRATIVE_DIALOGUE_MODEL__PATH=/models/Qwen3.5-27B-Q4_K_M.gguf"""
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.runtime import build_runtime
-    from bridge.server import InsecureEndpoint, SidecarServer, check_exposure, serve_forever
+    from bridge.server import (
+        InsecureEndpoint,
+        SidecarServer,
+        check_exposure,
+        serve_forever,
+    )
     from narrative.backends import egress_notice
 
     s = settings_from_args(args)
@@ -81,7 +86,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from bridge.client import SidecarClient, SidecarError, SidecarTimeout, summarize_done
+    from bridge.client import (
+        SidecarClient,
+        SidecarError,
+        SidecarTimeout,
+        summarize_done,
+    )
 
     endpoint = args.endpoint or settings_from_args(args).server.endpoint
     with SidecarClient(endpoint, timeout_s=args.timeout) as c:

@@ -1,8 +1,8 @@
 """The designers' ``narrative lore`` subcommands; `register` adds them to `app.cli`'s parser.
 
     narrative lore index DIR [--strict]
-    narrative lore query "TEXT" [--npc ID] [--words]
-    narrative lore why --npc ID "player line" [--history LINE ...] [--entry ID] [--json]
+    narrative lore query "TEXT" [--npc ID [--state KEY=VALUE ...] [--state-json JSON]] [--words]
+    narrative lore why --npc ID "player line" [--history LINE ...] [--state KEY=VALUE ...] [--state-json JSON] [--entry ID] [--json]
     narrative lore check DIR [--json]
     narrative lore import FILE... --into DIR
     narrative lore export DIR --out FILE.json
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -26,9 +27,53 @@ def token_counter(settings, words: bool):
     return LlamaModel(settings.dialogue_model).count_tokens, "tokens"
 
 
+def parse_state_value(text: str) -> str | int | float | bool:
+    """A ``--state`` VALUE: an int (``12``, ``-3``), a finite float (``0.5``, ``1e3``), ``true``/``false``
+    (any case), else the string as written (``done``, ``nan``). A string of digits needs ``--state-json``."""
+    if re.fullmatch(r"[-+]?\d+", text):
+        return int(text)
+    if re.fullmatch(r"[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?", text):
+        return float(text)
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text
+
+
+def state_from_args(args: argparse.Namespace) -> dict[str, str | int | float | bool]:
+    """The game state of ``--state-json`` then each ``--state KEY=VALUE`` (later ones win).
+
+    Raises:
+        ValueError: not KEY=VALUE, JSON that is not an object, or a bad key or value
+            (`lore.conditions.validate_state`).
+    """
+    from lore.conditions import validate_state
+
+    state: dict[object, object] = {}
+    if args.state_json:
+        try:
+            data = json.loads(args.state_json)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--state-json: not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"--state-json: needs a JSON object of key -> value, got {type(data).__name__}")
+        state.update(data)
+    for item in args.state or ():
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"--state {item!r}: write KEY=VALUE (e.g. quest.heron=done)")
+        state[key] = parse_state_value(value)
+    return validate_state(state)
+
+
+def _add_state_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state", action="append", metavar="KEY=VALUE",
+                   help="a game state value for the turn (repeatable); VALUE is read as an int, a float, true/false, else a string")
+    p.add_argument("--state-json", metavar="JSON", help='the game state as a JSON object, e.g. \'{"quest.heron": "done", "gold": 12}\' (--state wins on a shared key)')
+
+
 def cmd_lore_index(args: argparse.Namespace) -> int:
-    from app.settings import settings_from_args
     from app.runtime import open_index
+    from app.settings import settings_from_args
 
     s = settings_from_args(args)
     index, _ = open_index(s)
@@ -40,9 +85,9 @@ def cmd_lore_index(args: argparse.Namespace) -> int:
 
 
 def cmd_lore_query(args: argparse.Namespace) -> int:
-    from lore.retrieve import Retriever, UnknownNpc
-    from app.settings import settings_from_args
     from app.runtime import open_index
+    from app.settings import settings_from_args
+    from lore.retrieve import Retriever, UnknownNpc
 
     s = settings_from_args(args)
     index, _ = open_index(s)
@@ -50,10 +95,15 @@ def cmd_lore_query(args: argparse.Namespace) -> int:
         for eid, sim in index.nearest(args.text, s.lore.vector_k):
             print(f"{sim:6.3f}  {eid}")
         return 0
+    try:
+        state = state_from_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     count, unit = token_counter(s, args.words)
     r = Retriever(index, count, s.lore)
     try:
-        sel = r.select(args.npc, args.text)
+        sel = r.select(args.npc, args.text, state=state)
     except UnknownNpc as exc:
         print(f"error: {exc.args[0]}", file=sys.stderr)
         return 2
@@ -64,11 +114,16 @@ def cmd_lore_query(args: argparse.Namespace) -> int:
 
 
 def cmd_why(args: argparse.Namespace) -> int:
-    from app.settings import settings_from_args
     from app.runtime import open_index
+    from app.settings import settings_from_args
     from lore.explain import diagnose, explain, format_explanation
     from lore.retrieve import Retriever, UnknownNpc
 
+    try:
+        state = state_from_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     s = settings_from_args(args)
     index, _ = open_index(s)
     if args.lore:
@@ -79,10 +134,10 @@ def cmd_why(args: argparse.Namespace) -> int:
     r = Retriever(index, count, s.lore)
     try:
         if args.entry:
-            for reason in diagnose(r, args.npc, args.text, args.entry, args.history or ()):
+            for reason in diagnose(r, args.npc, args.text, args.entry, args.history or (), state=state):
                 print(f"{args.entry}: {reason}")
             return 0
-        d = explain(r, args.npc, args.text, args.history or ())
+        d = explain(r, args.npc, args.text, args.history or (), state=state)
     except UnknownNpc as exc:
         print(f"error: {exc.args[0]}", file=sys.stderr)
         if not index.npcs():
@@ -166,12 +221,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("text")
     p.add_argument("--npc", help="NPC id (applies scope, prefix and budget); without it, raw vector neighbours")
     p.add_argument("--words", action="store_true", help="count words instead of loading the dialogue model's tokenizer (faster, approximate budget)")
+    _add_state_options(p)
     p.set_defaults(func=cmd_lore_query)
 
     p = lore.add_parser("why", parents=[common], help="explain one turn's lore: included (why), dropped (budget/scope/probability/...), tokens")
     p.add_argument("text", help="the player's line")
     p.add_argument("--npc", required=True, help="NPC id")
     p.add_argument("--history", nargs="*", help="earlier lines, oldest first (scanned for keys)")
+    _add_state_options(p)
     p.add_argument("--entry", help="explain one entry: why it is (not) in this turn")
     p.add_argument("--lore", type=Path, help="sync this lore folder first")
     p.add_argument("--words", action="store_true", help="count words instead of loading the dialogue model's tokenizer")

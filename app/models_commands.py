@@ -6,7 +6,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from narrative.presets import KV_BYTES, NATIVE_CTX, PRESETS, QUANT_BPW, YARN_MAX_CTX, Arch, GiB, detect_budget, fmt_gib, plan, read_gguf_metadata, table
+from narrative.presets import (
+    KV_BYTES,
+    NATIVE_CTX,
+    PRESETS,
+    QUANT_BPW,
+    YARN_MAX_CTX,
+    Arch,
+    GiB,
+    detect_budget,
+    fmt_gib,
+    plan,
+    read_gguf_metadata,
+    table,
+)
 
 
 def register(sub, common: argparse.ArgumentParser) -> None:

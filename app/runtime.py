@@ -59,7 +59,7 @@ class Runtime:
     def model_names(self) -> dict[str, str]:
         return {"dialogue": self.model.name, "embedding": self.embedder.path.name}
 
-    def service(self, quests: QuestGenerator | None = None, specs_dir: Path | None = None) -> "NarrativeService":
+    def service(self, quests: QuestGenerator | None = None, specs_dir: Path | None = None) -> NarrativeService:
         """The service the bridge serves: this runtime's engine, and `quests` (default: a generator on
         ``batch_model`` over the live lore catalog, in process or on its endpoints; an in-process
         model loads on the first ``generate``)."""

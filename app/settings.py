@@ -35,7 +35,13 @@ from pydantic_settings import (
 
 from bridge.settings import ServerSettings
 from lore.settings import LoreSettings
-from narrative.settings import ContextSettings, DialogueSettings, EmbeddingSettings, ModelSettings, SamplingSettings
+from narrative.settings import (
+    ContextSettings,
+    DialogueSettings,
+    EmbeddingSettings,
+    ModelSettings,
+    SamplingSettings,
+)
 
 
 class Settings(BaseSettings):

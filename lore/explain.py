@@ -7,21 +7,28 @@ per NPC, line and entry).
 
 Included entries say why (``card``, ``scene``, ``constant``, ``prefix``, the key
 that matched and where, the similarity); dropped ones say which rule stopped
-them (``budget``, ``scope``, ``probability``, ``recursion``, ``secondary``,
-``disabled``). `diagnose` answers for one named entry that was not selected at
-all ("not triggered" versus "over budget").
+them (``budget``, ``scope``, ``state``, ``probability``, ``recursion``,
+``secondary``, ``disabled``). An entry with a ``when`` (`lore.conditions`) also
+shows its condition, whether it holds in the turn's game state and, when not,
+the part that failed. `diagnose` answers for one named entry that was not
+selected at all ("not triggered" versus "over budget").
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from lore.conditions import show
 from lore.keywords import key_in, secondary_ok
 from lore.retrieve import Pick, Retriever, knows, roll
 
 
-def pick_dict(p: Pick, placement: str, source: str = "") -> dict:
-    """One pick as a plain dict (the shape of the bridge's ``LoreWhy``)."""
+def pick_dict(p: Pick, placement: str, source: str = "", state: Mapping[str, object] | None = None) -> dict:
+    """One pick as a plain dict (the shape of the bridge's ``LoreWhy``).
+
+    A gated entry adds ``when`` (its condition, `lore.conditions.When.describe`), ``holds``
+    (in `state`; None is the empty state) and, when it does not hold, ``unmet`` (list of phrases).
+    """
     d = {
         "entry": p.entry.id,
         "name": p.entry.name,
@@ -43,14 +50,24 @@ def pick_dict(p: Pick, placement: str, source: str = "") -> dict:
         d["lexical"] = round(p.lexical, 3)
     if p.full_tokens is not None:
         d["full_tokens"] = p.full_tokens
+    gate = p.entry.gate()
+    if gate is not None:
+        state = state if state is not None else {}
+        d["when"] = gate.describe()
+        d["holds"] = gate.holds(state)
+        if not d["holds"]:
+            d["unmet"] = gate.unmet(state)
     return d
 
 
-def explain(r: Retriever, npc_id: str, line: str, history: Sequence[str] = ()) -> dict:
+def explain(r: Retriever, npc_id: str, line: str, history: Sequence[str] = (), state: Mapping[str, object] | None = None) -> dict:
     """Explain one turn's selection.
 
+    Args:
+        state: the turn's game state (`Retriever.select`); None is the empty state.
+
     Returns:
-        ``{"npc", "line", "budget", "used", "prefix_budget", "prefix_used",
+        ``{"npc", "line", "state", "budget", "used", "prefix_budget", "prefix_used",
         "similarity": {"vector_weight", "lexical_weight", "vector_k"},
         "included": [...], "dropped": [...]}``; token figures are tokens of the
         dialogue model; each item is `pick_dict` (placement ``prefix``/``turn``).
@@ -58,25 +75,30 @@ def explain(r: Retriever, npc_id: str, line: str, history: Sequence[str] = ()) -
     Raises:
         lore.retrieve.UnknownNpc: `npc_id` is not an NPC.
     """
-    sel = r.select(npc_id, line, history)
+    sel = r.select(npc_id, line, history, state=state)
     src = r.index.sources
     prefix_used = sum(p.tokens for p in sel.prefix[1:])
     return {
         "npc": npc_id,
         "line": line,
+        "state": dict(state or {}),
         "budget": sel.budget,
         "used": sel.used,
         "prefix_budget": r.prefix_budget,
         "prefix_used": prefix_used,
         "similarity": {"vector_weight": r.vector_weight, "lexical_weight": r.lexical_weight, "vector_k": r.vector_k},
-        "included": [pick_dict(p, "prefix", src.get(p.entry.id, "")) for p in sel.prefix]
-        + [pick_dict(p, "turn", src.get(p.entry.id, "")) for p in sel.turn],
-        "dropped": [pick_dict(p, "prefix" if p.why in ("constant", "prefix", "scene") else "turn", src.get(p.entry.id, "")) for p in sel.dropped],
+        "included": [pick_dict(p, "prefix", src.get(p.entry.id, ""), state) for p in sel.prefix]
+        + [pick_dict(p, "turn", src.get(p.entry.id, ""), state) for p in sel.turn],
+        "dropped": [pick_dict(p, "prefix" if p.why in ("constant", "prefix", "scene") else "turn", src.get(p.entry.id, ""), state) for p in sel.dropped],
     }
 
 
-def diagnose(r: Retriever, npc_id: str, line: str, entry_id: str, history: Sequence[str] = ()) -> list[str]:
+def diagnose(
+    r: Retriever, npc_id: str, line: str, entry_id: str, history: Sequence[str] = (), state: Mapping[str, object] | None = None
+) -> list[str]:
     """Plain-language reasons why `entry_id` is or is not in this turn's lore, most decisive first.
+
+    `state` is the turn's game state (`Retriever.select`); None is the empty state.
 
     Raises:
         lore.retrieve.UnknownNpc: `npc_id` is not an NPC.
@@ -85,7 +107,7 @@ def diagnose(r: Retriever, npc_id: str, line: str, entry_id: str, history: Seque
     e = r.index.entries.get(entry_id)
     if e is None:
         return [f"{entry_id!r} is not in the index (not indexed, or its file has a problem: run `narrative lore check`)"]
-    sel = r.select(npc_id, line, history)
+    sel = r.select(npc_id, line, history, state=state)
     out: list[str] = []
     for placement, picks in (("prefix", sel.prefix), ("turn", sel.turn)):
         for p in picks:
@@ -99,6 +121,12 @@ def diagnose(r: Retriever, npc_id: str, line: str, entry_id: str, history: Seque
         out.append("the entry is disabled")
     if not knows(npc, e):
         out.append(f"scope: known_by {e.known_by} does not include {npc_id}, its faction or its tags")
+    gate = e.gate()
+    if gate is not None:
+        unmet = gate.unmet(state if state is not None else {})
+        out.append(f"when {gate.describe()}: " + ("holds" if not unmet else "does not hold: " + "; ".join(unmet)))
+    elif e.when is not None:
+        out.append("when: ignored (an NPC card is never gated)")
     keys = e.all_keys()
     depth = r.scan_depth_of(e)
     scanned = [line, *list(history)[-depth:][::-1]] if depth else [line]
@@ -121,7 +149,9 @@ def diagnose(r: Retriever, npc_id: str, line: str, entry_id: str, history: Seque
         rank = next((i + 1 for i, (eid, _) in enumerate(near) if eid == entry_id), None)
         where = f"rank {rank} of the {r.vector_k} nearest" if rank else f"outside the {r.vector_k} nearest (the last has {near[-1][1]:.3f})" if near else "no vector hits"
         out.append(f"vector similarity {sim:.3f}: {where}" + (f"; below min_similarity {r.min_similarity}" if sim < r.min_similarity else ""))
-    if r.prefix_placed(e):
+    if gate is not None and (r.prefix_placed(e) or any(x.id == entry_id for _, _, x in r.standing(npc_id))):
+        out.append("placement: it would be prefix lore, but an entry with a when is never in the prefix: it is in every turn while its condition holds")
+    elif r.prefix_placed(e):
         out.append("placement: prefix (constant or position: prefix), so it is never chosen per turn")
     return out
 
@@ -130,6 +160,7 @@ def format_explanation(d: dict) -> str:
     """`explain`'s dict as a terminal table."""
     lines = [
         f"NPC {d['npc']}: {d['line']!r}",
+        *([f"state: {', '.join(f'{k}={show(v)}' for k, v in d['state'].items())}"] if d.get("state") else []),
         f"prefix lore {d['prefix_used']}/{d['prefix_budget']} tokens (plus the card); turn lore {d['used']}/{d['budget']} tokens",
         _similarity_line(d.get("similarity")),
         "",
@@ -167,4 +198,6 @@ def _why(x: dict) -> str:
         parts.append(f"bm25 {x['lexical']:.2f}")
     if x["placement"] == "turn" and x["why"].startswith("key"):
         parts.append(f"order {x['order']}")
+    if "when" in x:
+        parts.append(f"when {x['when']}: " + ("holds" if x["holds"] else "does not hold: " + "; ".join(x.get("unmet", []))))
     return ", ".join(parts)

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from lore.keywords import KeywordIndex
 from lore.lexical import Bm25Index
 from lore.loader import LoreFile, LoreFileError, LoreProblem, load_dir, load_file
@@ -155,7 +157,13 @@ class LoreIndex:
         sources: dict[str, str] = {}
         for meta in got["metadatas"] or []:
             if meta and "entry" in meta:
-                entry = LoreEntry.model_validate_json(meta["entry"])
+                try:
+                    entry = LoreEntry.model_validate_json(meta["entry"])
+                except ValidationError as exc:
+                    # stored by an older version that kept the field as free data (a `when:` written before
+                    # conditions existed): the file itself reports the problem at the next sync
+                    log.warning("lore index: entry from %s no longer validates, left out: %s", meta.get("source"), exc)
+                    continue
                 entries[entry.id] = entry
                 sources[entry.id] = str(meta["source"])
         self.keywords.rebuild(entries.values())

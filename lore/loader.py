@@ -55,7 +55,7 @@ class LoreFileError(Exception):
         self.problems = problems
 
 
-_FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*\r?$\n?", re.S | re.M)
+_FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*\r?$\n?", re.DOTALL | re.MULTILINE)
 _YAML11_BOOLS = {"yes", "no", "on", "off", "true", "false", "y", "n"}
 
 
@@ -65,12 +65,12 @@ class _StrictLoader(_YamlLoader):  # type: ignore[misc, valid-type]
     ``duplicates`` lists (dotted field, 0-based line, 0-based line of the first) after a load.
     """
 
-    def __init__(self, stream) -> None:  # noqa: ANN001
+    def __init__(self, stream) -> None:
         super().__init__(stream)
         self.duplicates: list[tuple[str, int, int]] = []
         self._root = None
 
-    def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN201 (PyYAML's signature)
+    def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
             seen: dict[object, int] = {}
             for key_node, _ in node.value:
@@ -82,12 +82,12 @@ class _StrictLoader(_YamlLoader):  # type: ignore[misc, valid-type]
                     self.duplicates.append((".".join([*(_path_to(self._root, node) or []), key_node.value]), line, first))
         return super().construct_mapping(node, deep=deep)
 
-    def get_single_node(self):  # noqa: ANN201
+    def get_single_node(self):
         self._root = super().get_single_node()
         return self._root
 
 
-def _path_to(node, target, names: tuple[str, ...] = ()) -> list[str] | None:  # noqa: ANN001
+def _path_to(node, target, names: tuple[str, ...] = ()) -> list[str] | None:
     """Field names from `node` down to the mapping `target` (for messages like ``npc.persona``); None when absent."""
     if node is target:
         return list(names)
@@ -117,7 +117,7 @@ def _field_line(front: str, loc: tuple) -> int:
     for part in loc:
         if not isinstance(part, str):
             continue
-        pat = re.compile(rf"^\s*-?\s*{re.escape(part)}\s*:")
+        pat = re.compile(rf"^\s*-?\s*([\"']?){re.escape(part)}\1\s*:")  # a key may be quoted ("quest.heron":)
         for i in range(start, len(lines)):
             if pat.match(lines[i]):
                 found = i + 1
@@ -168,7 +168,7 @@ def parse_lore_text(text: str, path: Path, default_id: str) -> LoreEntry:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            loc = tuple(err["loc"])
+            loc = tuple(p for p in err["loc"] if p != "[key]")  # a mapping key that failed: pydantic appends '[key]'
             field = ".".join(str(p) for p in loc) or "entry"
             msg = f"{field}: {err['msg']}"
             if isinstance(err.get("input"), bool) and err["type"] == "string_type":

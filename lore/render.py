@@ -19,7 +19,6 @@ import re
 
 from lore.schema import LoreEntry
 
-
 KIND_WORDS = {
     "npc": "a person", "place": "a place", "faction": "a group", "event": "an event",
     "item": "a thing", "creature": "a creature", "lore": "something people know",
@@ -32,7 +31,7 @@ _FIELD = re.compile(r"^\s*[a-z_][a-z0-9_-]*\s*:\s*(?:\[.*\]|[\w./-]*)\s*$")  # `
 _QUOTE = re.compile(r"^\s*>\s?")
 _LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 _EMPHASIS = re.compile(r"(\*\*|__|\*|_|`)(?=\S)(.+?)(?<=\S)\1")
-_KIND_TAG = re.compile(r"\s*\((?:npc|place|faction|event|item|creature|lore)\)", re.I)
+_KIND_TAG = re.compile(r"\s*\((?:npc|place|faction|event|item|creature|lore)\)", re.IGNORECASE)
 _END = re.compile(r"[.!?…:;]['\"”’)]*$")
 
 

@@ -13,12 +13,21 @@ Two placements (see `lore.schema.Position`):
   entry text (`lore.lexical`), fused by reciprocal rank; filled by priority into
   ``token_budget`` tokens.
 
-The NPC's knowledge scope (``known_by``) is a hard filter on both. Every entry
+The NPC's knowledge scope (``known_by``) is a hard filter on both. So is an
+entry's game-state condition (``when``, `lore.conditions`), checked against the
+``state`` a turn passes: an entry whose ``when`` does not hold is never selected
+(reason ``state``). A gated entry never enters a prefix, which must stay
+byte-stable while the game state changes: one that would be prefix lore for the
+NPC (its scene, a constant, a ``position: prefix`` entry) is instead a *standing*
+entry of the turn, included in every turn while its condition holds, first in the
+budget fill (as the prefix would have come first); a gated keyed entry triggers by
+its keys as usual, only while its condition holds. Every entry
 that was triggered (or found by similarity) but not used is reported in
 `Selection.dropped` with its reason, so "not triggered" can be told from
 "over budget" (see `lore.explain`).
 
-Order of the turn's budget fill, in tiers: entries whose key is in the player's
+Order of the turn's budget fill, in tiers: standing gated entries whose condition
+holds (see above; none without a ``when``), entries whose key is in the player's
 line, then in earlier lines, then triggered by recursion (step 1, 2, ...), then entries found by
 similarity only. Within a key tier: insertion order (``order``, higher first),
 then the longer (more specific) matched key, then similarity to the line. So a
@@ -35,7 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -55,6 +64,7 @@ PROBABILITY = "probability"  # the probability roll failed
 RECURSION = "recursion"  # only reachable by recursion, and recursion may not trigger it (or depth limit)
 SECONDARY = "secondary"  # a primary key matched but the secondary keys' logic failed
 DISABLED = "disabled"  # a key matched a disabled entry
+STATE = "state"  # the entry's `when` does not hold in the turn's game state
 
 
 class UnknownNpc(KeyError):
@@ -65,10 +75,12 @@ class UnknownNpc(KeyError):
 class Pick:
     """One selected (or dropped) entry.
 
-    ``why``: 'card', 'constant', 'scene', 'prefix', 'key:<key>' or 'vector:<sim>'.
+    ``why``: 'card', 'constant', 'scene', 'prefix', 'key:<key>', 'vector:<sim>', 'text:<bm25>', or for a
+    gated entry that would have been prefix lore and is a standing entry of the turn instead,
+    'when:constant', 'when:scene' or 'when:prefix'.
     ``score``: rank within its list (higher first), not comparable across lists.
     ``tokens``: the entry's cost in tokens of the dialogue model.
-    ``reason``: for dropped entries, one of budget, scope, probability,
+    ``reason``: for dropped entries, one of budget, scope, state, probability,
     recursion, secondary, disabled; '' for selected ones.
     ``key``: the primary key that matched (None for vector-only hits).
     ``similarity``: cosine similarity of its best chunk to the line, when it was among the nearest.
@@ -212,12 +224,12 @@ class Retriever:
         self._token_cache: dict[tuple[str, int, bool], int] = {}  # keyed by entry text: survives index changes
         # derived from one version of the index (see _follow_index)
         self._version = -1
-        self._prefix_cache: dict[str, tuple[list[Pick], list[Pick]]] = {}
+        self._prefix_cache: dict[str, tuple[list[Pick], list[Pick], list[tuple[float, str, LoreEntry]]]] = {}
         self._triggers: dict[str, list[tuple[str, str]]] = {}
         self._deepest_scan = 0
 
     @classmethod
-    def from_settings(cls, index: LoreIndex, count_tokens: TokenCounter, lore: LoreSettings) -> "Retriever":
+    def from_settings(cls, index: LoreIndex, count_tokens: TokenCounter, lore: LoreSettings) -> Retriever:
         """A retriever configured by `lore` (the same as ``Retriever(index, count_tokens, lore)``)."""
         return cls(index, count_tokens, lore)
 
@@ -252,7 +264,8 @@ class Retriever:
         """Static lore for the NPC's stable prefix: card, scene (location, faction), constant and prefix entries.
 
         Deterministic for a given index (ties broken by id), so the prefix stays
-        byte-stable across turns; cached until the index changes.
+        byte-stable across turns; cached until the index changes. An entry with a
+        ``when`` is never in it, whatever the game state (see `standing`).
 
         Raises:
             UnknownNpc: `npc_id` is not an NPC in the index.
@@ -277,22 +290,39 @@ class Retriever:
             elif e.position.value == "prefix" and e.kind != Kind.npc:
                 candidates.append((e.order, "prefix", e))
         candidates.sort(key=lambda c: (-c[0], c[2].id))
+        gated = [c for c in candidates if c[2].gate() is not None]
         used = 0
         over: list[Pick] = []
         for score, why, e in candidates:
+            if e.gate() is not None:
+                continue
             t = self.tokens(e)
             if used + t > self.prefix_budget:
                 over.append(Pick(e, score, why, t, BUDGET))
                 continue
             used += t
             picks.append(Pick(e, score, why, t))
-        self._prefix_cache[npc_id] = (picks, over)
+        self._prefix_cache[npc_id] = (picks, over, gated)
         return list(picks)
 
     def prefix_dropped(self, npc_id: str) -> list[Pick]:
         """Prefix-placed entries (scene, constant, ``position: prefix``) that did not fit ``prefix_budget`` (reason ``budget``)."""
         self.prefix(npc_id)
         return list(self._prefix_cache[npc_id][1])
+
+    def standing(self, npc_id: str) -> list[tuple[float, str, LoreEntry]]:
+        """Gated entries that would be prefix lore for the NPC: (score, why, entry), prefix order.
+
+        ``why`` is 'scene', 'constant' or 'prefix' as in `prefix`. They are never in
+        the prefix (it stays byte-stable while the game state changes); each turn
+        includes those whose ``when`` holds, as if always triggered, and drops the
+        others (reason ``state``). Cached with the prefix until the index changes.
+
+        Raises:
+            UnknownNpc: `npc_id` is not an NPC in the index.
+        """
+        self.prefix(npc_id)
+        return list(self._prefix_cache[npc_id][2])
 
     @staticmethod
     def prefix_placed(entry: LoreEntry) -> bool:
@@ -322,12 +352,14 @@ class Retriever:
         history: Sequence[str] = (),
         exclude: set[str] | None = None,
         mode: Mode = "hybrid",
+        *,
+        state: Mapping[str, object] | None = None,
     ) -> Selection:
         """Select lore for one turn.
 
-        Fills ``token_budget`` tier by tier (see the module docstring): keys in
-        the line, keys in earlier lines, then recursion step by step, then
-        similarity. Recursion scans only the text of entries that were
+        Fills ``token_budget`` tier by tier (see the module docstring): standing
+        gated entries whose condition holds, keys in the line, keys in earlier
+        lines, then recursion step by step, then similarity. Recursion scans only the text of entries that were
         included (SillyTavern scans the entries it activated, not the ones it
         had to leave out), so its cost is bounded by the budget, not by the
         size of the lorebook; the keys each entry's text contains are computed
@@ -348,11 +380,17 @@ class Retriever:
                 charged to the budget; those this turn triggers are listed in `Selection.present`.
             mode: ``hybrid`` (default: keys, then vectors and BM25 fused), or ``keywords``,
                 ``vectors`` or ``lexical`` (BM25) alone (for benchmarks).
+            state: the game's state map for this turn (key -> str, int, float or bool; see
+                `lore.conditions`); None is the empty state. An entry whose ``when`` does not
+                hold is not selected (dropped, reason ``state``); entries without a ``when``
+                are unaffected. Values are not validated here (`lore.conditions.validate_state`
+                is for the boundary): a value of another type simply equals nothing.
 
         Raises:
             UnknownNpc: `npc_id` is not an NPC in the index.
         """
-        turn = _Turn(self, self.npc(npc_id), line, history, exclude)
+        turn = _Turn(self, self.npc(npc_id), line, history, exclude, state)
+        turn.fill(turn.standing_hits())
         if mode != "keywords" and self.vector_k > 0:
             turn.rank_similar(dense=mode in ("vectors", "hybrid"), lexical=mode in ("lexical", "hybrid"))
         if mode != "vectors":
@@ -395,21 +433,26 @@ class Retriever:
 class _Turn:
     """One turn's selection (`Retriever.select`), in named steps over shared state.
 
-    Steps, in order: `rank_similar` (embedding and BM25 rankings, fused),
+    Steps, in order: `standing_hits` (gated would-be prefix lore whose condition holds) -> `fill`,
+    `rank_similar` (embedding and BM25 rankings, fused),
     `key_hits` (keys in the line and scanned history, step 0) -> `fill`,
     `recurse` (keys in the text of included entries, step by step) -> `fill`,
     `similar_hits` (similarity-only entries) -> `fill`, then `result`.
     """
 
-    def __init__(self, r: Retriever, npc: LoreEntry, line: str, history: Sequence[str], exclude: set[str] | None) -> None:
+    def __init__(
+        self, r: Retriever, npc: LoreEntry, line: str, history: Sequence[str], exclude: set[str] | None, state: Mapping[str, object] | None = None
+    ) -> None:
         self.r = r
         self.npc = npc
         self.line = line
         self.history = list(history)
+        self.state: Mapping[str, object] = state if state is not None else {}
         self.sel = Selection(prefix=r.prefix(npc.id), budget=r.token_budget)
         self.over = r.prefix_dropped(npc.id)
+        self.standing = r.standing(npc.id)
         self.already = set(exclude or ())
-        self.skip = self.already | {p.entry.id for p in self.sel.prefix} | {p.entry.id for p in self.over}
+        self.skip = self.already | {p.entry.id for p in self.sel.prefix} | {p.entry.id for p in self.over} | {e.id for _, _, e in self.standing}
         self.taken: set[str] = set()  # ids included in the turn or dropped for budget
         self.dropped: dict[str, Pick] = {}  # ids dropped before the budget fill, with the reason
         self.ranked: list[Pick] = []  # every pick that reached the budget fill, in fill order
@@ -417,6 +460,16 @@ class _Turn:
         self.bm25: dict[str, float] = {}  # BM25 score of the best entries
         self.fused: dict[str, float] = {}  # weighted reciprocal rank fusion of the two
         self.texts: list[str] = [line]  # the texts scanned for keys, the line first
+
+    def allowed(self, e: LoreEntry) -> bool:
+        """Whether the entry's ``when`` holds in this turn's state (always, for an entry without one)."""
+        gate = e.gate()
+        return gate is None or gate.holds(self.state)
+
+    def mark_present(self, eid: str) -> None:
+        """Note that an entry already in the conversation was triggered again (once per turn)."""
+        if eid not in self.sel.present:
+            self.sel.present.append(eid)
 
     def drop(self, e: LoreEntry, why: str, reason: str, **kw) -> None:
         """Record that `e` was triggered but cannot be used (first reason wins)."""
@@ -450,6 +503,20 @@ class _Turn:
             added.append(p)
         return added
 
+    def standing_hits(self) -> list[Pick]:
+        """Step 0: gated entries that would be prefix lore for the NPC (`Retriever.standing`), as if always
+        triggered: included while their condition holds, else dropped (reason ``state``)."""
+        picks = []
+        for score, why, e in self.standing:
+            why = f"when:{why}"
+            if not self.allowed(e):
+                self.drop(e, why, STATE)
+            elif e.id in self.already:
+                self.mark_present(e.id)
+            else:
+                picks.append(Pick(e, score, why, self.r.tokens(e)))
+        return picks
+
     def rank_similar(self, dense: bool, lexical: bool) -> None:
         """Step 1: the ``vector_k`` nearest entries by embedding and the best by BM25, fused by weighted rank."""
         r = self.r
@@ -478,6 +545,8 @@ class _Turn:
             reason = DISABLED
         elif not knows(self.npc, e):
             reason = SCOPE
+        elif not self.allowed(e):
+            reason = STATE
         elif not secondary_ok(e, window):
             reason = SECONDARY
         elif step < _delay(e) or (step > 0 and e.exclude_recursion):
@@ -513,7 +582,8 @@ class _Turn:
             if back > d:
                 continue
             if eid in self.already:
-                self.sel.present.append(eid)
+                if self.allowed(e):
+                    self.mark_present(eid)
                 continue
             if eid in self.skip:
                 continue
@@ -547,7 +617,7 @@ class _Turn:
                     found_in = f"recursion:{src.id}"
                     if step > r.max_recursion:
                         if not e.disabled and knows(self.npc, e):
-                            self.drop(e, f"key:{key}", RECURSION, key=key, step=step, found_in=found_in)
+                            self.drop(e, f"key:{key}", RECURSION if self.allowed(e) else STATE, key=key, step=step, found_in=found_in)
                         continue
                     d = r.scan_depth_of(e)
                     window = "\n".join(self.texts[: d + 1]) + "\n" + buffer
@@ -560,13 +630,13 @@ class _Turn:
 
     def similar_hits(self) -> list[Pick]:
         """Step 4: entries found by similarity alone (not triggered, not vetoed by their own rules)."""
-        r, sel = self.r, self.sel
+        r = self.r
         entries = r.index.entries
         similar: list[Pick] = []
         for eid, score in sorted(self.fused.items(), key=lambda kv: (-kv[1], kv[0])):
             e = entries.get(eid)
-            if eid in self.already and e is not None and eid not in sel.present:
-                sel.present.append(eid)
+            if eid in self.already and e is not None and self.allowed(e):
+                self.mark_present(eid)
             if e is None or eid in self.skip or eid in self.taken or e.disabled or r.prefix_placed(e):
                 continue
             if eid in self.dropped and (self.dropped[eid].reason != RECURSION or self.dropped[eid].step == 0):
@@ -578,6 +648,9 @@ class _Turn:
             why = f"vector:{sim:.3f}" if sim is not None else f"text:{lex:.2f}"
             if not knows(self.npc, e):
                 self.drop(e, why, SCOPE, similarity=sim, lexical=lex)
+                continue
+            if not self.allowed(e):
+                self.drop(e, why, STATE, similarity=sim, lexical=lex)
                 continue
             similar.append(Pick(e, score, why, r.tokens(e), similarity=sim, lexical=lex))
         return similar

@@ -13,8 +13,17 @@ from __future__ import annotations
 import re
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
+from lore.conditions import When
 from lore.regex_guard import BoundedPattern, compile_key
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
@@ -101,6 +110,7 @@ class LoreEntry(BaseModel):
     scan_depth: int | None = Field(default=None, ge=0, description="Earlier lines scanned for this entry's keys; None uses the retriever's scan_depth (SillyTavern scanDepth).")
     tags: list[str] = Field(default_factory=list)
     npc: NpcCard | None = Field(default=None, description="Required when kind is npc.")
+    when: When | None = Field(default=None, description="Game-state condition (`lore.conditions`): the entry is used only while it holds; never in an NPC's stable prefix. Ignored on NPC cards.")
     text: str = Field(default="", description="The Markdown body.")
 
     @field_validator("id")
@@ -129,12 +139,24 @@ class LoreEntry(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _npc_needs_card(self) -> "LoreEntry":
+    def _npc_needs_card(self) -> LoreEntry:
         if self.kind == Kind.npc and self.npc is None:
             raise ValueError("kind 'npc' needs an 'npc' section (persona, voice, knows, hides)")
         if self.kind != Kind.npc and self.npc is not None:
             raise ValueError(f"'npc' section is only allowed on kind 'npc', not {self.kind.value!r}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_no_when(self, handler: SerializerFunctionWrapHandler) -> object:
+        """Leave ``when`` out when unset: an ungated entry's JSON (catalog, chunk ids, batch digests) stays as it was."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("when") is None:
+            data.pop("when", None)
+        return data
+
+    def gate(self) -> When | None:
+        """The entry's ``when``, or None when it has none or is an NPC card (cards are never gated)."""
+        return None if self.kind == Kind.npc else self.when
 
     def all_keys(self) -> list[str]:
         """Primary keys plus the entry's name (when ``name_is_key``), de-duplicated, in order."""

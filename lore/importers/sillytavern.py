@@ -55,16 +55,15 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
-import unicodedata
 import struct
+import unicodedata
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import logging
 
 import yaml
 

@@ -128,7 +128,7 @@ def convert(src: Path, out: Path) -> dict[str, int]:
     for bg in _load(src, "Backgrounds"):
         feature = bg.get("feature") or {}
 
-        def options(key: str) -> list[str]:
+        def options(key: str, bg: dict = bg) -> list[str]:
             opt = (bg.get(key) or {}).get("from") or {}
             out_ = []
             for o in opt.get("options") or []:

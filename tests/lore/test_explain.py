@@ -61,8 +61,8 @@ def test_lore_why_on_an_empty_index_says_how_to_fill_it(tmp_path, capsys):
 
 def test_lore_query_counts_the_dialogue_models_tokens(sample_state, capsys):
     from app.cli import main
-    from narrative.llm import LlamaModel
     from app.settings import load_settings
+    from narrative.llm import LlamaModel
 
     args = ["lore", "query", "--state-dir", str(sample_state), "--npc", "odile-brask", "Tell me about smokeglass."]
     assert main(args) == 0
@@ -72,8 +72,8 @@ def test_lore_query_counts_the_dialogue_models_tokens(sample_state, capsys):
     assert main(args + ["--words"]) == 0
     words = {line.split()[1]: line.split() for line in capsys.readouterr().out.splitlines()}
     assert words["odile-brask"][-1] == "words" and words["odile-brask"][-2] != card[-2]
-    from lore.render import render_entry
     from lore.index import LoreIndex
+    from lore.render import render_entry
 
     entry = LoreIndex(sample_state, lambda texts: [[0.0]] * len(texts)).entries["odile-brask"]
     assert int(card[-2]) == LlamaModel(load_settings().dialogue_model).count_tokens(render_entry(entry, speaker=True))

@@ -34,19 +34,19 @@ def wait_events(client, want: str, timeout_s: float = 20.0) -> list:
 
 
 def turn_ok(client, text: str) -> None:
-    chunks, done = client.say_text(NPC, text, max_tokens=2, temperature=0.0)
+    _, done = client.say_text(NPC, text, max_tokens=2, temperature=0.0)
     assert done.finish_reason in ("stop", "length"), done
 
 
 @pytest.fixture
 def live(tmp_path, embedder):
+    from app.runtime import open_index
     from bridge.client import SidecarClient
     from bridge.server import SidecarServer
     from lore.retrieve import Retriever
     from narrative.dialogue import DialogueEngine
     from narrative.llm import LlamaModel
     from narrative.service import NarrativeService
-    from app.runtime import open_index
 
     root = tmp_path / "lore"
     for rel in SUBSET:
@@ -104,7 +104,7 @@ def test_edit_break_fix_delete_while_connected(live):
 
 
 def test_an_edit_of_prefix_lore_reaches_an_open_conversation(live):
-    root, client, index, server = live
+    root, client, _, server = live
     engine = server.service.engine
     turn_ok(client, "Hello there.")
     conv = next(c for (_, npc), c in engine.conversations.items() if npc == NPC)
@@ -113,7 +113,7 @@ def test_an_edit_of_prefix_lore_reaches_an_open_conversation(live):
     f = root / "places" / "cracked-bellows.md"  # Odile's location: in her stable prefix
     f.write_text(f.read_text().rstrip() + "\nEvery regular swears the zebra-oath at the door.\n")
     wait_events(client, "lore.changed")
-    chunks, done = client.say_text(NPC, "What is new here?", max_tokens=2, temperature=0.0)
+    _, done = client.say_text(NPC, "What is new here?", max_tokens=2, temperature=0.0)
     assert done.finish_reason in ("stop", "length"), done
     assert "zebra-oath" in engine.model.detokenize(conv.prefix_tokens)
     assert [t.player for t in conv.turns] == ["Hello there.", "What is new here?"]  # the history stays

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 from lore.loader import load_dir
-from lore.render import plain_text, render_entry as entry_prose
+from lore.render import plain_text
+from lore.render import render_entry as entry_prose
 from lore.schema import LoreEntry
 from tests.conftest import SAMPLES
 

@@ -273,10 +273,10 @@ def test_the_named_entry_beats_a_higher_order_recursion_hit(tmp_path):
 
 def test_imported_sillytavern_entries_keep_substring_matching(tmp_path):
     from lore.importers.sillytavern import import_file
-    from tests.conftest import need_corpora
-    from tests.lore.helpers import FakeHashEmbedder
     from lore.index import LoreIndex
     from lore.retrieve import Retriever
+    from tests.conftest import need_corpora
+    from tests.lore.helpers import FakeHashEmbedder
 
     res = import_file(need_corpora() / "sillytavern_default_content" / "Seraphina.chara_card_v2.json", tmp_path / "lore")
     index = LoreIndex(tmp_path / "state", FakeHashEmbedder())
