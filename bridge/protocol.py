@@ -190,6 +190,7 @@ class LoreQuery(_Msg):
     type: Literal["lore.query"] = "lore.query"
     text: str = Field(min_length=1, max_length=4000)
     npc: str | None = Field(None, max_length=128)
+    state: StateMap | None = Field(None, max_length=256, description="Game state for entries' ``when:`` conditions (with ``npc``).")
 
 
 class LoreExplain(_Msg):
@@ -305,8 +306,9 @@ class LoreWhy(BaseModel):
 
     ``placement``: ``prefix`` or ``turn``. ``why``: ``card``, ``scene``,
     ``constant``, ``prefix``, ``key:<key>``, ``vector:<similarity>`` or ``text:<bm25>``.
-    ``reason`` (dropped entries only): ``budget``, ``scope``, ``probability``,
-    ``recursion``, ``secondary``, ``disabled``. ``tokens``: the entry's cost in
+    ``reason`` (dropped entries only): ``budget``, ``scope``, ``state`` (its ``when``
+    does not hold), ``probability``, ``recursion``, ``secondary``, ``disabled``. ``why`` of
+    a gated entry standing in every turn: ``when:constant``, ``when:scene``, ``when:prefix``. ``tokens``: the entry's cost in
     the dialogue model's tokens. ``found_in``: ``line``, ``history:<n>`` or
     ``recursion:<entry id>``. ``source``: the lore file, relative to the lore folder.
     """
@@ -326,6 +328,9 @@ class LoreWhy(BaseModel):
     found_in: str = ""
     source: str = ""
     full_tokens: int | None = Field(None, description="Set when the entry was trimmed to its leading sentences to fit the budget: the whole entry's cost (``tokens`` is what was injected).")
+    when: str | None = Field(None, description="The entry's game-state condition (``when:`` in its front matter), in words.")
+    holds: bool | None = Field(None, description="With ``when``: whether it holds in the request's ``state``.")
+    unmet: list[str] | None = Field(None, description="With ``when`` not holding: which parts fail, in words.")
 
 
 class LoreExplanation(_Msg):

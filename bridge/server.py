@@ -348,7 +348,7 @@ class SidecarServer:
         cancel.set()  # the target stream ends with done(finish_reason=cancelled)
 
     async def _lore_query(self, ident: bytes, msg: p.LoreQuery) -> None:
-        hits = await self._run_for(ident, self.service.query_lore, msg.text, msg.npc)
+        hits = await self._run_for(ident, self.service.query_lore, msg.text, msg.npc, msg.state)
         await self.send(ident, p.LoreResult(id=msg.id, entries=[p.LoreHit(**asdict(h)) for h in hits]))
 
     async def _lore_explain(self, ident: bytes, msg: p.LoreExplain) -> None:

@@ -54,6 +54,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lore.conditions import StateValue
 from lore.render import render_entry
 from lore.retrieve import Pick, Retriever
 from narrative.actions import ActionSet, TailResult, UnsupportedSchema, check_action_set, line_grammar, parse_tail, system_text, tail_budget, tail_grammar
@@ -79,9 +80,6 @@ Never reveal what {name} keeps secret.
 TURN_TEMPLATE = """{events}{lore}The player says: {line}"""
 
 EVENTS_HEADER = "What just happened:\n"
-
-StateValue = bool | int | float | str
-
 
 class TooMuchState(ValueError):
     """A session's game state would hold more keys than ``[dialogue] max_state_keys``."""
@@ -585,7 +583,7 @@ class DialogueEngine:
         state = self.state(session)
         events = self.pending_events(session, npc_id)
         # lore already in the history is not injected again and costs no budget
-        sel = self.retriever.select(npc_id, line, history, exclude=conv.injected, **({"state": state} if state else {}))
+        sel = self.retriever.select(npc_id, line, history, exclude=conv.injected, state=state)
         new_lore: list[Pick] = sel.turn
         seen_lore = sel.present  # triggered again, already in the history
         lore_text = "".join(render_entry(p.entry) + "\n\n" for p in new_lore)

@@ -372,13 +372,13 @@ class NarrativeService:
 
     # ---- lore ---------------------------------------------------------------
 
-    def query_lore(self, text: str, npc: str | None = None) -> list[LoreHit]:
+    def query_lore(self, text: str, npc: str | None = None, state: Mapping[str, StateValue] | None = None) -> list[LoreHit]:
         """Entries `text` retrieves: with `npc`, that NPC's prefix and turn lore (scope and budget
         applied); without, the raw nearest entries by embedding. Raises `UnknownNpcError`."""
         r = self._dialogue().retriever
         with _domain_errors():
             if npc:
-                sel = r.select(npc, text)
+                sel = r.select(npc, text, state=state)
                 return [LoreHit(x.entry.id, x.entry.name, x.entry.kind.value, round(x.score, 4), x.why, x.tokens) for x in sel.prefix + sel.turn]
             hits = []
             for eid, sim in r.index.nearest(text, r.vector_k):
@@ -391,7 +391,7 @@ class NarrativeService:
         """Why each entry is in or out of the turn `text` would start (the turn's real selection) with
         game `state` (for entries' ``when:`` conditions). Raises `UnknownNpcError`."""
         with _domain_errors():
-            d = explain_turn(self._dialogue().retriever, npc, text, history, **({"state": dict(state)} if state else {}))
+            d = explain_turn(self._dialogue().retriever, npc, text, history, state=dict(state) if state else None)
         return Explanation(
             npc=d["npc"], budget=d["budget"], used=d["used"], prefix_budget=d["prefix_budget"],
             prefix_used=d["prefix_used"], included=d["included"], dropped=d["dropped"],

@@ -168,7 +168,7 @@ class RemoteDialogueEngine:
         conv = self.conversation(session, npc_id)
         # `state` (this turn's game state) gates lore entries' when: conditions; events, declared actions and
         # saved game state are the in-process engine's (the service refuses them for this engine)
-        sel = self.retriever.select(npc_id, line, [t.player for t in conv.turns], exclude=conv.injected, **({"state": dict(state)} if state else {}))
+        sel = self.retriever.select(npc_id, line, [t.player for t in conv.turns], exclude=conv.injected, state=state)
         lore_text = "".join(render_entry(p.entry) + "\n\n" for p in sel.turn)
         if lore_text:
             lore_text = "What you know that bears on this:\n" + lore_text

@@ -160,3 +160,33 @@ def test_state_merges_and_bad_state_is_refused_with_the_field(client, runtime):
     client.send_raw(msgpack.packb({"v": 1, "type": "event", "id": rid, "text": "x", "npc": NPC, "faction": "reedcutters"}))
     reply = client.recv(rid)
     assert reply.type == "error" and reply.code == "invalid" and "at most one target" in reply.message
+
+
+GATED = "heron-found"  # samples/lore/events/heron-found.md: when: {quest.the-heron-that-never-docked: done}
+DONE = {"quest.the-heron-that-never-docked": "done"}
+
+
+def test_a_state_gated_entry_is_in_the_turn_only_while_its_flag_is_set(client, runtime):
+    # no state: the entry is never selected, and explain says why
+    _, done = client.say_text(NPC, "Any news from the docks?", session=f"gate-{new_id()}", max_tokens=8, seed=2)
+    assert GATED not in done.lore
+    why = client.lore_explain(NPC, "Any news from the docks?")
+    dropped = {d.entry: d for d in why.dropped}
+    assert dropped[GATED].reason == "state" and dropped[GATED].holds is False and dropped[GATED].unmet
+
+    # the flag set with the turn: in the turn's lore (a gated constant stands in every turn while it holds)
+    session = f"gate-{new_id()}"
+    _, done = client.say_text(NPC, "Any news from the docks?", session=session, max_tokens=8, seed=2, state=DONE)
+    assert GATED in done.lore
+    conv = runtime.engine.conversations[(session, NPC)]
+    assert GATED not in runtime.model.detokenize(conv.prefix_tokens) and GATED not in conv.prefix_lore  # never in the prefix
+    why = client.lore_explain(NPC, "Any news from the docks?", state=DONE)
+    included = {d.entry: d for d in why.included}
+    assert included[GATED].holds is True and included[GATED].when
+
+    # the flag cleared: the next turn does not carry it again (the text said once stays in the history)
+    client.set_state(unset=["quest.the-heron-that-never-docked"], session=session)
+    other = f"gate-{new_id()}"
+    client.set_state({"quest.the-heron-that-never-docked": "started"}, session=other)
+    _, done = client.say_text(NPC, "Any news from the docks?", session=other, max_tokens=8, seed=2)
+    assert GATED not in done.lore

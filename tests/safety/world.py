@@ -51,7 +51,7 @@ class OneNpcRetriever:
     def prefix(self, npc_id: str) -> list[Pick]:
         return [Pick(entry=self.npc(npc_id), score=1.0, why="card", tokens=20)]
 
-    def select(self, npc_id, line, history=(), exclude=()):
+    def select(self, npc_id, line, history=(), exclude=(), state=None):
         self.npc(npc_id)
         return Selection()
 
