@@ -2,6 +2,7 @@
 
     narrative batch SPECS --out DIR            generate what changed (progress bar, summary, report.md)
     narrative batch SPECS --out DIR --dry-run  list what would be generated and why
+    narrative batch SPECS --out DIR --parallel 8   decode 8 quests at once on the in-process model (continuous batching)
     narrative batch SPECS --out DIR --endpoint URL --endpoint URL   fan out over OpenAI-compatible servers
     narrative batch-import cdda|flare SRC --out DIR   convert a game's quests into specs + lore + reference text
     narrative batch-review OUT_DIR --import-dir DIR [--max-chars N]   our text beside the designers', stage by stage (Markdown)
@@ -55,12 +56,18 @@ def cmd_batch(args: argparse.Namespace, settings) -> int:
     options = BatchOptions(strict=args.strict, retry_on_findings=not args.no_retry_on_findings, quality_gate=not args.no_quality_gate, **changes)
     try:
         entries = load_catalog(settings.lore.dir) if args.lore_files else sync_lore(settings)
+        extra = {}
         run = run_batch
         if settings.batch_model.backend == "openai":
             from narrative.batch.fanout import run_fanout as run
+            if args.parallel > 1:
+                print("error: --parallel is for the in-process model; with endpoints use --concurrency", file=sys.stderr)
+                return 2
+        else:
+            extra["parallel"] = args.parallel
         summary = run(
             args.specs, args.out, settings.batch_model, options, entries, force=args.force, dry_run=args.dry_run, only=args.only,
-            progress=not args.no_progress,
+            progress=not args.no_progress, **extra,
         )
     except (OutputLocked, UnknownQuest, AllEndpointsDown) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -117,6 +124,10 @@ def register(sub, common: argparse.ArgumentParser, wrap) -> None:
     p.add_argument("--only", nargs="+", metavar="ID", help="only these quest ids")
     p.add_argument("--model", help="batch model GGUF path (default settings batch_model.path, bundled:smollm2)")
     p.add_argument("--threads", type=int, help="CPU threads of the batch model")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="quests decoded at once as N sequences of one batched context (GPU: ~N x the quests/min while decode is "
+                        "memory-bound). Texts differ from --parallel 1 (another sampler order; the manifest tells them apart, "
+                        "so switching regenerates); default 1: one at a time")
     p.add_argument("--endpoint", action="append", dest="endpoints", metavar="URL",
                    help="OpenAI-compatible server to generate on (repeatable: items fan out over all of them), e.g. http://gpu1:8080/v1")
     p.add_argument("--concurrency", type=int, metavar="N", help="requests in flight per endpoint (default: the settings', 1)")

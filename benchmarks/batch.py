@@ -2,12 +2,15 @@
 
     .venv/bin/python benchmarks/batch.py                  # 3 sample quests, SmolLM2, 2 threads
     .venv/bin/python benchmarks/batch.py --quests 15 --compare-grammar
+    .venv/bin/python benchmarks/batch.py --quests 8 --parallel 4 --model tests/.fixtures/tiny-qwen35moe.gguf
 
 Prints one table. With ``--compare-grammar`` it also times the grammar's cost:
 one quest's JSON through `narrative.llm.generate_json` (llama-cpp-python's
 ``grammar=`` sampling, the grammar applied to the whole vocabulary every step)
 against the same sampler chain, seed and number of tokens without a grammar
 (free text, not JSON), and prints the tokens/s ratio.
+With ``--parallel N`` the same quests also run with ``narrative batch --parallel N``
+(N sequences of one batched context) right after, and both columns are printed.
 Absolute numbers depend on the machine's load; compare ratios.
 """
 
@@ -29,6 +32,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-chars", type=int, default=160)
     ap.add_argument("--compare-grammar", action="store_true")
+    ap.add_argument("--parallel", type=int, default=1, help="also run the quests with --parallel N, side by side")
+    ap.add_argument("--model", help="batch model GGUF (default: the bundled SmolLM2)")
     args = ap.parse_args()
 
     from lore.loader import load_catalog as read_lore_files
@@ -39,12 +44,25 @@ def main() -> int:
 
     s = load_settings()
     s.batch_model.n_threads = args.threads
+    if args.model:
+        s.batch_model.path = args.model
     lore = read_lore_files(ROOT / "samples" / "lore")
     specs = [sf.spec.id for sf in load_specs(ROOT / "samples" / "quests")[0]][: args.quests]
-    opts = BatchOptions(retries=0, max_chars=args.max_chars)
+    opts = BatchOptions(retries=0, max_chars=args.max_chars, quality_gate=not args.model)  # a random-weight fixture writes gibberish
     with tempfile.TemporaryDirectory() as tmp:
         summ = run_batch(ROOT / "samples" / "quests", Path(tmp), s.batch_model, opts, lore, only=specs, progress=False)
+    par = None
+    if args.parallel > 1:
+        with tempfile.TemporaryDirectory() as tmp:
+            par = run_batch(ROOT / "samples" / "quests", Path(tmp), s.batch_model, opts, lore, only=specs, progress=False, parallel=args.parallel)
     gen_s = summ.prefill_s + summ.decode_s
+    if par is not None:
+        print("| --parallel | quests generated / failed | wall s | quests/min | completion tokens | tokens/s (wall) |")
+        print("|---:|---|---:|---:|---:|---:|")
+        for n, x in ((1, summ), (args.parallel, par)):
+            print(f"| {n} | {x.generated} / {x.failed} | {x.wall_s:.1f} | {60 * x.generated / x.wall_s:.2f} | {x.completion_tokens} | "
+                  f"{x.completion_tokens / x.wall_s:.1f} |")
+        print(f"\nquests/min ratio: {(par.generated / par.wall_s) / (summ.generated / summ.wall_s):.2f}x\n" if summ.generated and par.generated else "")
     rows = [
         ("model", Path(s.batch_model.path).name if not s.batch_model.path.startswith("bundled:") else s.batch_model.path),
         ("quests generated / failed", f"{summ.generated} / {summ.failed}"),
@@ -77,7 +95,7 @@ def compare_grammar(s, lore, quest_id: str, max_chars: int) -> list[tuple[str, s
     m = gen.model
     pr = gen.prompt(spec)
     tokens = m.bos() + m.chat_tokens(m.format.system_pieces(pr.system) + m.format.user_pieces(pr.user, then_assistant=True))
-    g = generate_json(m, tokens, generation_schema(spec, max_chars), max_tokens=600, temperature=0.7, seed=1)
+    g = generate_json(m, tokens, generation_schema(spec, max_chars), BatchOptions(max_chars=max_chars).params(1), max_tokens=600)
     # The same chain as generate_json (penalty, top-k, top-p, temperature, seeded draw), no grammar,
     # capped at the same number of tokens; the prompt is evaluated first so only decoding is timed.
     llm = m.llm

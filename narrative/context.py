@@ -78,6 +78,7 @@ holds it for each step).
 from __future__ import annotations
 
 import codecs
+import json
 import logging
 import threading
 import time
@@ -156,6 +157,14 @@ class EngineStats:
     sample_ms: float = 0.0  # wall time sampling, detokenizing and in on_text callbacks
 
 
+def _parses(text: bytes) -> bool:
+    try:
+        json.loads(text.decode("utf-8"))
+    except ValueError:
+        return False
+    return True
+
+
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -185,6 +194,12 @@ class Tail:
     max_tokens: int
     triggers: frozenset[int] = frozenset()
     line_grammar: str | None = None
+    whole: bool = False
+    stop_at_json: bool = False
+
+    # ``whole``: there is no free text: `grammar` shapes the reply from its first token (structured
+    # content such as a quest's JSON; nothing is streamed). ``stop_at_json``: the reply ends as soon as
+    # its text parses as JSON (after a ``}``), as `narrative.llm.generate_json` does.
 
     # ``line_grammar`` (for models with no tool format of their own): a grammar of the whole
     # reply, line and tail, applied from the first token, whose line may not hold a newline; the
@@ -507,7 +522,10 @@ class ContextEngine:
         turn.phase = "prefill"
         conv.busy = turn
         turn._sampler = m.sampler(turn.params) if turn.params.temperature > 0 else None
-        if turn.tail is not None and turn.tail.line_grammar is not None:
+        if turn.tail is not None and turn.tail.whole:
+            turn.in_tail = True
+            turn._constrained = m.constrained_sampler(turn.params, turn.tail.grammar)
+        elif turn.tail is not None and turn.tail.line_grammar is not None:
             turn._constrained = m.constrained_sampler(turn.params, turn.tail.line_grammar)
         turn._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.stats.prompt_tokens += len(prompt)
@@ -682,11 +700,17 @@ class ContextEngine:
 
     def _sample_tail(self, t: ActiveTurn, tok: int) -> bool:
         m = self.model
+        if t.t_first is None:
+            t.t_first = time.perf_counter()
         if m.is_stop(tok):
             self._finish(t, "stop")
             return True
         t.tail_out.append(tok)
-        t.tail_bytes += m.token_bytes(tok)
+        raw = m.token_bytes(tok)
+        t.tail_bytes += raw
+        if t.tail.stop_at_json and b"}" in raw and _parses(t.tail_bytes):
+            self._finish(t, "stop")
+            return True
         if t.cancel is not None and t.cancel.is_set():
             self._finish(t, "cancelled")
             return True

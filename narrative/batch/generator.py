@@ -2,11 +2,22 @@
 
 `QuestGenerator.generate` is what both the folder run (`narrative.batch.runner`)
 and the bridge's ``generate`` request (`narrative.service`) call for one item.
+
+With ``parallel`` > 1 (``narrative batch --parallel N``) the attempts of up to N
+items decode at once as N sequences of one llama.cpp context
+(`narrative.scheduler` continuous batching, each sequence under its own JSON
+grammar, `narrative.context.Tail`); callers run `generate` from N threads. That
+decoder samples differently from the one-at-a-time path (a llama.cpp sampler per
+sequence that checks the drawn token against the grammar first, instead of
+``Llama.generate``'s chain), so its texts differ from ``--parallel 1`` for the same
+seed; the manifest names it (`BATCHED_GENERATOR`), so switching between 1 and N > 1
+regenerates. ``--parallel 1`` is today's path, byte for byte.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +34,9 @@ from narrative.llm import JSON_GENERATOR, JsonGeneration, SamplingParams
 from narrative.settings import ModelSettings
 
 log = logging.getLogger(__name__)
+
+BATCHED_GENERATOR = "batched-grammar-1"
+"""The manifest's ``generator`` of items decoded with ``parallel`` > 1 (see the module docstring)."""
 
 
 class BatchOptions(BaseModel):
@@ -107,15 +121,21 @@ class QuestGenerator:
         entries: the lore catalog (entry id -> entry), e.g. ``LoreIndex.entries`` after a sync.
     """
 
-    def __init__(self, model_settings: ModelSettings, options: BatchOptions, entries: Mapping[str, LoreEntry]) -> None:
+    def __init__(self, model_settings: ModelSettings, options: BatchOptions, entries: Mapping[str, LoreEntry], parallel: int = 1) -> None:
         from narrative.llm import resolve_model_path
 
+        if parallel < 1:
+            raise ValueError(f"parallel must be at least 1, got {parallel}")
         self.options = options
         self.entries = entries
         self.model_settings = model_settings
+        self.parallel = parallel
         self.model_path = resolve_model_path(self.model_settings.path)
         self._fingerprint: str | None = None
         self._model = None
+        self._scheduler = None
+        self._keys = iter(range(1 << 62))
+        self._keys_lock = threading.Lock()
         self._vocab: set[str] | None = None
 
     def seed_of(self, opts: BatchOptions | None = None) -> int:
@@ -129,11 +149,17 @@ class QuestGenerator:
             from narrative.llm import LlamaModel
 
             t = time.perf_counter()
-            self._model = LlamaModel(self.model_settings)
+            ms = self.model_settings
+            if self.parallel > 1:  # N sequences, each with the context one item has at --parallel 1
+                ms = ms.model_copy(update={"n_seq_max": self.parallel, "n_ctx": ms.n_ctx * self.parallel})
+            self._model = LlamaModel(ms)
             log.info("batch model %s loaded in %.2f s", self._model.name, time.perf_counter() - t)
         return self._model
 
     def close(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.close()
+            self._scheduler = None
         if self._model is not None and hasattr(self._model, "close"):
             self._model.close()
         self._model = None
@@ -173,7 +199,7 @@ class QuestGenerator:
             model=self.fingerprint(),
             settings=self.settings_digest(opts),
             prompt_version=PROMPT_VERSION,
-            generator=JSON_GENERATOR,
+            generator=JSON_GENERATOR if self.parallel == 1 else BATCHED_GENERATOR,
             seed=self.seed_of(opts),
         )
 
@@ -205,7 +231,41 @@ class QuestGenerator:
         if budget < 16:
             result.error = f"prompt of {len(tokens)} tokens leaves no room in n_ctx {model.n_ctx}"
             return result
+        if self.parallel > 1:
+            return self.best_of(spec, opts, key, model.name, budget, lambda seed: self._batched(tokens, schema, opts.params(seed), budget), result)
         return self.best_of(spec, opts, key, model.name, budget, lambda seed: generate_json(model, tokens, schema, opts.params(seed), max_tokens=budget), result)
+
+    def _batched(self, tokens: list[int], schema: dict, params: SamplingParams, budget: int) -> JsonGeneration:
+        """One attempt as one sequence of the batched engine (blocks until it is done; others decode meanwhile).
+
+        Raises:
+            narrative.llm.GrammarRefused: llama.cpp refuses the schema's grammar.
+        """
+        from narrative.context import ContextEngine, Tail
+        from narrative.llm import json_schema_gbnf
+        from narrative.scheduler import Scheduler
+        from narrative.settings import ContextSettings
+
+        model = self.model
+        with self._keys_lock:
+            if self._scheduler is None:
+                # no RAM snapshots: an item's sequence is forgotten when its attempt ends; the queue holds every waiting item
+                cs = ContextSettings(ram_mib=0, persist=False, max_queue=1 << 16)
+                self._scheduler = Scheduler(ContextEngine(model, cs), model.lock, cs)
+                self._scheduler.start()
+            key = f"item-{next(self._keys)}"
+        tail = Tail(json_schema_gbnf(schema), budget, whole=True, stop_at_json=True)
+        gen = self._scheduler.submit(key, tokens, params, max_tokens=1, tail=tail).result()
+        with model.lock:
+            self._scheduler.engine.forget(key)
+        return JsonGeneration(
+            text=gen.tail_text,
+            finish_reason="stop" if gen.finish_reason == "stop" else "length",
+            prompt_tokens=gen.prompt_tokens,
+            completion_tokens=gen.tail_count,
+            prefill_ms=gen.ttft_ms,
+            decode_ms=gen.total_ms - gen.ttft_ms,
+        )
 
     def best_of(
         self,

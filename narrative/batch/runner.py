@@ -9,6 +9,7 @@ item recorded (or whose output already carries the current key).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -149,6 +150,7 @@ def run_batch(
     only: list[str] | None = None,
     progress: bool = True,
     on_item: Callable[[ItemResult], None] | None = None,
+    parallel: int = 1,
 ) -> BatchSummary:
     """Generate every spec under `specs_dir` into `out` (``quests/<id>.json``, ``manifest.json``,
     ``report.md``, ``report.json``).
@@ -160,6 +162,8 @@ def run_batch(
             ``lore.loader.load_catalog`` (the files alone, no embedding).
         only: quest ids to consider (others are left alone).
         on_item: called after each item is finished (written and recorded) or failed.
+        parallel: items decoded at once as sequences of one batched context (`narrative.batch.generator`:
+            texts differ from ``parallel`` 1, which is the one-at-a-time path; the manifest tells them apart).
 
     Raises:
         FileNotFoundError: `specs_dir` or the lore folder does not exist.
@@ -172,7 +176,7 @@ def run_batch(
     lock = None if dry_run else lock_output(out)  # a dry run only reads `out` (it may not even exist yet)
     try:
         manifest = Manifest.load(out / "manifest.json")
-        gen = QuestGenerator(model_settings, options, entries)
+        gen = QuestGenerator(model_settings, options, entries, parallel=parallel)
         plan = plan_batch(specs, gen, manifest, out, force)
         spec_ids = {s.spec.id for s in specs}
         orphans = sorted(p.stem for p in (out / "quests").glob("*.json") if p.stem not in spec_ids) if not only else []
@@ -186,43 +190,68 @@ def run_batch(
         if progress and todo:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(todo), desc="quests", unit="quest")
+            bar = tqdm(total=len(todo), desc="quests" + (f" (x{parallel})" if parallel > 1 else ""), unit="quest")
         tokens_done = 0
         decode_s = 0.0
-        for it in plan:
+        done_at: dict[int, ItemResult] = {}  # plan index -> result
+        write_lock = threading.Lock()  # output files, manifest and report are written by one item at a time
+
+        def finish(i: int, r: ItemResult) -> None:
+            nonlocal tokens_done, decode_s
+            it = plan[i]
+            spec = it.spec_file.spec
+            with write_lock:
+                if it.action == "generate":
+                    assert it.components is not None
+                    r.reasons = it.reasons
+                    if r.quest is not None and r.status != "failed":
+                        data = r.quest.dump()
+                        try:
+                            atomic_write(out / "quests" / f"{spec.id}.json", data)  # the output first ...
+                        except OSError as exc:  # disk full, read-only folder: this item fails, its old file stays
+                            r.status, r.error = "failed", f"cannot write quests/{spec.id}.json: {exc.strerror or exc}"
+                            log.error("%s: %s", spec.id, r.error)
+                        else:
+                            manifest.record(spec.id, _record(r, it.components, data))  # ... then its record
+                    tokens_done += r.completion_tokens
+                    decode_s += r.decode_ms / 1000
+                    if bar is not None:
+                        bar.set_postfix_str(f"{tokens_done / decode_s if decode_s else 0:.0f} tok/s, {spec.id}")
+                        bar.update(1)
+                done_at[i] = r
+                if it.action != "skip":  # a killed run still leaves a report of what it did
+                    so_far = [done_at[k] for k in sorted(done_at)]
+                    write_batch_report(out, BatchSummary(so_far, plan, time.perf_counter() - t0, problems, orphans), manifest)
+            if on_item is not None:
+                on_item(r)
+
+        pending = []
+        for i, it in enumerate(plan):
             spec = it.spec_file.spec
             if it.action == "error":
-                r = ItemResult(spec.id, "failed", error=it.error)
+                finish(i, ItemResult(spec.id, "failed", error=it.error))
             elif it.action == "skip":
-                r = ItemResult(spec.id, "skipped")
+                finish(i, ItemResult(spec.id, "skipped"))
             elif it.action == "adopt":
                 assert it.components is not None
                 data, quest = _read_output(out / "quests" / f"{spec.id}.json")  # type: ignore[misc]
                 r = ItemResult(spec.id, "adopted", it.reasons, quest=quest)
                 manifest.record(spec.id, _record(r, it.components, data))
+                finish(i, r)
             else:
-                assert it.components is not None
-                r = gen.generate(spec)
-                r.reasons = it.reasons
-                if r.quest is not None and r.status != "failed":
-                    data = r.quest.dump()
-                    try:
-                        atomic_write(out / "quests" / f"{spec.id}.json", data)  # the output first ...
-                    except OSError as exc:  # disk full, read-only folder: this item fails, its old file stays
-                        r.status, r.error = "failed", f"cannot write quests/{spec.id}.json: {exc.strerror or exc}"
-                        log.error("%s: %s", spec.id, r.error)
-                    else:
-                        manifest.record(spec.id, _record(r, it.components, data))  # ... then its record
-                tokens_done += r.completion_tokens
-                decode_s += r.decode_ms / 1000
-                if bar is not None:
-                    bar.set_postfix_str(f"{tokens_done / decode_s if decode_s else 0:.0f} tok/s, {spec.id}")
-                    bar.update(1)
-            results.append(r)
-            if it.action != "skip":  # a killed run still leaves a report of what it did
-                write_batch_report(out, BatchSummary(results, plan, time.perf_counter() - t0, problems, orphans), manifest)
-            if on_item is not None:
-                on_item(r)
+                pending.append(i)
+        if parallel > 1 and len(pending) > 1:
+            from concurrent.futures import ThreadPoolExecutor, as_completed
+
+            # each worker blocks on its item's attempts while the batched engine decodes all of them together
+            with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="quest") as pool:
+                futures = {pool.submit(gen.generate, plan[i].spec_file.spec): i for i in pending}
+                for f in as_completed(futures):
+                    finish(futures[f], f.result())
+        else:
+            for i in pending:
+                finish(i, gen.generate(plan[i].spec_file.spec))
+        results = [done_at[k] for k in sorted(done_at)]
         if bar is not None:
             bar.close()
         summary = BatchSummary(results, plan, time.perf_counter() - t0, problems, orphans)

@@ -20,7 +20,7 @@ a model (see `app.cli`).
 from narrative.llm.chat_format import ChatFormat
 from narrative.llm.embedder import LlamaEmbedder
 from narrative.llm.errors import ContextOverflow, GrammarRefused, KvCacheFull, ModelError, StateError
-from narrative.llm.json_gen import JSON_GENERATOR, JsonGeneration, generate_json, json_schema_grammar
+from narrative.llm.json_gen import JSON_GENERATOR, JsonGeneration, generate_json, json_schema_gbnf, json_schema_grammar
 from narrative.llm.model import Generation, LlamaModel, Sampler, StateBuffer, read_model_metadata, resolve_model_path
 from narrative.llm.sampling import SamplingParams
 
@@ -40,6 +40,7 @@ __all__ = [
     "StateBuffer",
     "StateError",
     "generate_json",
+    "json_schema_gbnf",
     "json_schema_grammar",
     "load_backend",
     "read_model_metadata",

@@ -51,7 +51,14 @@ _GBNF_LITERAL_ESCAPES = {"\r": "\\r", "\n": "\\n", '"': '\\"', "\\": "\\\\"}
 
 
 def json_schema_grammar(schema: dict):
-    """The ``llama_cpp.LlamaGrammar`` for a JSON schema.
+    """The ``llama_cpp.LlamaGrammar`` of `json_schema_gbnf` (root rule ``root``). Raises `ModelError`."""
+    import llama_cpp
+
+    return llama_cpp.LlamaGrammar.from_string(json_schema_gbnf(schema), verbose=False)
+
+
+def json_schema_gbnf(schema: dict) -> str:
+    """The GBNF text (root rule ``root``) for a JSON schema.
 
     The GBNF comes from llama-cpp-python's port of llama.cpp's
     ``json_schema_to_grammar`` (what ``LlamaGrammar.from_json_schema`` calls;
@@ -81,7 +88,7 @@ def json_schema_grammar(schema: dict):
         gbnf = converter.format_grammar()
     except Exception as exc:  # the converter raises bare Exception / ValueError / KeyError
         raise ModelError(f"cannot build a grammar from the JSON schema: {type(exc).__name__}: {exc}") from None
-    return llama_cpp.LlamaGrammar.from_string(gbnf.replace(_PORT_CHAR_RULE, _UPSTREAM_CHAR_RULE), verbose=False)
+    return gbnf.replace(_PORT_CHAR_RULE, _UPSTREAM_CHAR_RULE)
 
 
 def _check_grammar(model: LlamaModel, grammar) -> None:

@@ -85,7 +85,7 @@ def write_review(out: Path, import_dir: Path, report: Path | None = None, cap: i
             lengths[stage]["theirs"].append(len(theirs))
             body.append(f"| {stage} | {_cell(ours)} | {len(ours)} | {_uses(ours, names)} | {_cell(theirs)} | {len(theirs)} | {_uses(theirs, names)} |")
         body += ["", f"*Our summary*: {quest.summary}", ""]
-        body += [f"*Our journal*: " + " / ".join(f"[{e.step}] {e.text}" for e in quest.journal), ""]
+        body += ["*Our journal*: " + " / ".join(f"[{e.step}] {e.text}" for e in quest.journal), ""]
         fnd = [f.to_dict() for f in check_quest(quest, spec, vocab | lore_vocabulary([], spec), cap)] if spec else []
         for f in fnd:
             checks[(f["check"], f["severity"])] += 1
