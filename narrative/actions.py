@@ -36,8 +36,9 @@ Supported argument schemas (everything the grammar can shape; the rest is refuse
 declaration with `UnsupportedSchema`): an object with ``properties``, ``required``,
 ``additionalProperties: false`` (implied), and per property ``type`` string, integer,
 number or boolean, with ``enum``/``const``, ``minimum``/``maximum``/``exclusive*``,
-``minLength``/``maxLength`` (at most `MAX_STRING`) and ``pattern`` (checked after
-decoding, not by the grammar), ``description``/``title``.
+``minLength``/``maxLength`` (at most `MAX_STRING`), ``description``/``title``.
+``pattern`` is refused: a game's regex run on model output is a backtracking risk
+(a hostile declaration could stall validation), and an enum says the same safely.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ MAX_STRING = 200
 
 _SCALARS = {"string", "integer", "number", "boolean"}
 _PROP_KEYS = {"type", "enum", "const", "description", "title", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-              "minLength", "maxLength", "pattern", "default", "examples"}
+              "minLength", "maxLength", "default", "examples"}
 _TOP_KEYS = {"type", "properties", "required", "additionalProperties", "description", "title", "$schema"}
 
 

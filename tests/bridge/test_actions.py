@@ -190,3 +190,4 @@ def test_a_state_gated_entry_is_in_the_turn_only_while_its_flag_is_set(client, r
     client.set_state({"quest.the-heron-that-never-docked": "started"}, session=other)
     _, done = client.say_text(NPC, "Any news from the docks?", session=other, max_tokens=8, seed=2)
     assert GATED not in done.lore
+
