@@ -46,6 +46,47 @@ def test_engine_codec_decodes_and_reencodes_every_protocol_vector(vector_run):
         assert e["truncated_all_refused"], f"{v['type']}: a truncated prefix decoded without an error"
 
 
+def test_engine_codec_round_trips_the_game_events_state_and_actions_cases(vector_run):
+    """tests/clients/wire_cases.py (encoded by bridge/protocol.py): nested maps and lists of bool, int, float64 and str
+    (say.state, event targets and state, declare schemas, action args, done's fields/actions/rejected/forgotten_turns,
+    ok.count) decode to the same values and re-encode byte for byte."""
+    got = [e for e in vector_run if e["ev"] == "extra_vector"]
+    want = gh.extra_vectors()
+    assert [e["name"] for e in got] == [v["name"] for v in want]
+    for e, v in zip(got, want):
+        assert e["error"] == "", (v["name"], e["error"])
+        assert e["value"] == v["json"], v["name"]
+        assert e["reencoded"] == v["msgpack_hex"], f"{v['name']}: not byte-exact"
+
+
+def test_engine_client_builds_requests_byte_exact(vector_run):
+    """What say(), event(), set_state() and declare() send (their field builders and the message map, as request()
+    encodes it) is byte-exact with PROTOCOL.md's examples and the wire cases, options given in any order."""
+    want = {v["type"]: v["msgpack_hex"] for v in gh.vectors() if v["type"] in ("say", "event", "state", "declare")}
+    want |= {v["name"]: v["msgpack_hex"] for v in gh.extra_vectors() if v["type"] in ("say", "event", "state", "declare")}
+    got = {e["name"]: e for e in vector_run if e["ev"] == "built"}
+    assert set(got) == set(want)
+    for name, hexed in want.items():
+        assert got[name]["error"] == "" and got[name]["hex"] == hexed, f"{name}: not byte-exact"
+
+
+def test_engine_client_surfaces_a_streams_actions_and_done_fields(vector_run):
+    """A say stream fed to the client (chunk, action, action, done): `chunk`, then one `npc_action(id, name, args)` per
+    action in order, then `done` whose map has the sidecar's fields/actions/rejected/forgotten_turns and the turn's
+    `action_list`; the request is finished."""
+    [stream] = [e for e in vector_run if e["ev"] == "stream"]
+    log, rid = stream["log"], stream["id"]
+    assert [x[0] for x in log] == ["chunk", "npc_action", "npc_action", "done"] and all(x[1] == rid for x in log)
+    assert log[1][2:] == ["give_item", {"item": "room key"}]
+    assert log[2][2:] == ["give_item", {"item": "ale", "count": 2, "price": 0.5, "paid": True}]
+    done = log[3][2]
+    assert done["fields"] == {"emotion": "warm", "gesture": "nod"} and done["actions"] == 1 and done["forgotten_turns"] == 2
+    assert done["rejected"][0]["name"] == "give_item"
+    assert done["action_list"] == [{"seq": 0, "name": "give_item", "args": {"item": "room key"}},
+                                   {"seq": 1, "name": "give_item", "args": {"item": "ale", "count": 2, "price": 0.5, "paid": True}}]
+    assert stream["pending_left"] == 0
+
+
 def test_engine_codec_encodes_like_msgpack_python(vector_run):
     got = [e for e in vector_run if e["ev"] == "encode"]
     assert len(got) == len(gh.ENCODE_CASES)
@@ -164,3 +205,56 @@ def test_engine_client_session_against_the_real_sidecar(runtime, tmp_path):
     [cut] = at(10, "cut_me")
     assert lost["t_ms"] - cut["t_ms"] < 15000, "the reset was noticed by neither a failed write nor the heartbeat timeout (10 s)"
     assert not [e for e in ev if e.get("id") == lost["id"] and e["t_ms"] > lost["t_ms"]]
+
+
+ITEMS = ["ale", "room key"]
+EMOTIONS = ["neutral", "warm", "wary"]
+
+
+def test_engine_client_actions_events_and_state_against_the_real_sidecar(runtime, tmp_path):
+    """declare (give_item(item), open_shop, field emotion) for a session, an event for one NPC, then a line: the event
+    reached 1 NPC (ok.count); every `npc_action` is a declared action with valid args, after the line's chunks and
+    before its done, which counts and lists them; done.fields holds a declared emotion. Then set_state is accepted, a bad
+    state key is refused naming it, and an object argument is refused as unsupported_schema. The tiny model does not
+    always act: the field is required, an action is not."""
+    port = _free_port()
+    st = _server(runtime, f"tcp://127.0.0.1:{port}")
+    try:
+        rc, run = gh.run_actions(tmp_path / "proj", port, NPC)
+    finally:
+        st.stop()
+    ev = run.events
+    print(gh.transcript(ev, "Godot 3 port of the Godot client: actions, events and state (pytest run)"))
+    assert rc == 0 and ev[-1]["ev"] == "finished", f"{ev[-3:]}\n{run.log()}"
+
+    def at(step: int, kind: str) -> list[dict]:
+        return [e for e in ev if e["step"] == step and e["ev"] == kind]
+
+    assert at(20, "done")[0]["message"]["type"] == "ok"  # declare
+    [reached] = at(21, "done")
+    assert reached["message"]["type"] == "ok" and reached["message"]["count"] == 1  # the event reached its one NPC
+
+    say = [e for e in ev if e["step"] == 22 and e["ev"] in ("chunk", "npc_action", "done")]
+    kinds = [e["ev"] for e in say]
+    assert kinds[-1] == "done" and kinds.count("done") == 1 and kinds[0] == "chunk"
+    assert kinds == sorted(kinds, key=["chunk", "npc_action", "done"].index), "chunks, then actions, then done"
+    actions = [e for e in say if e["ev"] == "npc_action"]
+    done = say[-1]["message"]
+    for a in actions:
+        assert a["id"] == say[-1]["id"]
+        assert a["name"] in ("give_item", "open_shop"), a
+        if a["name"] == "give_item":
+            assert set(a["args"]) == {"item"} and a["args"]["item"] in ITEMS, a
+        else:
+            assert a["args"] == {}, a
+    assert done["actions"] == len(actions) <= 1
+    assert [(x["name"], x["args"]) for x in done["action_list"]] == [(a["name"], a["args"]) for a in actions]
+    assert [x["seq"] for x in done["action_list"]] == list(range(len(actions)))
+    assert done["fields"]["emotion"] in EMOTIONS
+    assert "".join(e["text"] for e in say if e["ev"] == "chunk").strip() == done["text"]
+
+    assert at(23, "done")[0]["message"]["type"] == "ok"  # set_state
+    [bad_key] = at(24, "error")
+    assert bad_key["code"] == "invalid" and "bad key!" in bad_key["message"]
+    [bad_schema] = at(25, "error")
+    assert bad_schema["code"] == "unsupported_schema" and "throw" in bad_schema["message"] and "target" in bad_schema["message"]

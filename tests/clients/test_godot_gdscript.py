@@ -37,7 +37,8 @@ def test_the_addon_has_the_files_godot_expects():
     assert {p.name for p in ADDON_GD} >= {"plugin.gd", "narrative_client.gd", "zmtp.gd", "msgpack.gd", "npc_dialogue_demo.gd"}
     client = (ADDON / "narrative_client.gd").read_text()
     assert re.search(r"^class_name NarrativeClient$", client, re.M)
-    for sig in ("chunk(id: String, seq: int, text: String)", "done(id: String, message: Dictionary)",
+    for sig in ("chunk(id: String, seq: int, text: String)", "npc_action(id: String, name: String, args: Dictionary)",
+                "done(id: String, message: Dictionary)",
                 "error(id: String, code: String, message: String)", "connected", "disconnected("):
         assert f"signal {sig}" in client
 

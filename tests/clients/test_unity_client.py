@@ -90,9 +90,26 @@ def run_cs(exe: Path, scenario: str, arg: str, timeout: int = 400) -> str:
 
 
 def test_wire_vectors_decode_and_reencode_byte_exact(tests_exe):
-    """Every PROTOCOL.md example (the shared vectors file) round-trips byte for byte, generic and typed."""
+    """Every PROTOCOL.md example (the shared vectors file) round-trips byte for byte, generic and typed (each to its
+    own class: action, event, state and declare included); the requests the client builds are byte-exact too."""
+    import json
+
     out = run_cs(tests_exe, "vectors", str(VECTORS))
-    assert out.count("byte-exact") >= 19
+    assert out.count("byte-exact") == len(json.loads(VECTORS.read_text())["vectors"])
+
+
+def test_game_events_state_and_actions_wire_cases(tests_exe, tmp_path):
+    """tests/clients/wire_cases.py (encoded by bridge/protocol.py): say.state, event with each target and state, state,
+    declare with a richer schema, action with mixed arguments, done with fields/actions/rejected/forgotten_turns, ok.count,
+    unsupported_schema. Each round-trips byte for byte (nested maps, lists, bool, int, float64, str); what Say, EventAsync,
+    SetStateAsync and DeclareAsync build from C# values (float32s, arrays, Dictionaries) is byte-exact; a say stream's
+    actions reach onAction and done.Actions in order."""
+    from tests.clients import wire_cases
+
+    cases = wire_cases.write(tmp_path / "wire-cases.json")
+    out = run_cs(tests_exe, "extra-vectors", str(cases))
+    requests = [n for n, m in wire_cases.messages() if m.type in ("say", "event", "state", "declare")]
+    assert out.count("byte-exact") == len(wire_cases.messages()) + len(requests)  # every case round-trips; every request is built
 
 
 def test_hostile_and_truncated_msgpack_fails_cleanly(tests_exe):
@@ -104,7 +121,7 @@ def test_hostile_and_truncated_msgpack_fails_cleanly(tests_exe):
 
 @pytest.mark.parametrize(
     "scenario",
-    ["hello", "conversation", "cancel", "ping-during-decode", "unknown-npc", "two-npcs", "frame-too-large", "drop", "lore"],
+    ["hello", "conversation", "cancel", "ping-during-decode", "unknown-npc", "two-npcs", "frame-too-large", "drop", "lore", "actions"],
 )
 def test_against_real_sidecar(tests_exe, cs_sidecar, scenario):
     run_cs(tests_exe, scenario, cs_sidecar)

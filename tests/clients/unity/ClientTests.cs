@@ -32,6 +32,7 @@ static class ClientTests
             switch (scenario)
             {
                 case "vectors": Vectors(arg); break;
+                case "extra-vectors": ExtraVectors(arg); break;
                 case "hostile": Hostile(arg); break;
                 case "hello": Hello(arg); break;
                 case "conversation": Conversation(arg); break;
@@ -43,6 +44,7 @@ static class ClientTests
                 case "drop": DropMidStream(arg); break;
                 case "restart": Restart(arg); break;
                 case "lore": Lore(arg); break;
+                case "actions": Actions(arg); break;
                 case "heartbeat": Heartbeat(arg); break;
                 default: Console.Error.WriteLine("unknown scenario " + scenario); return 2;
             }
@@ -116,7 +118,7 @@ static class ClientTests
     {
         var doc = (MsgMap)Json.Parse(File.ReadAllText(path));
         var vectors = doc.GetArray("vectors");
-        Check(vectors != null && vectors.Count >= 19, "protocol-vectors.json holds the 19 examples");
+        Check(vectors != null && vectors.Count >= 23, "protocol-vectors.json holds the 23 examples");
         var seen = new HashSet<string>();
         foreach (MsgMap v in vectors)
         {
@@ -141,7 +143,10 @@ static class ClientTests
         var built = new Dictionary<string, Message>
         {
             { "hello", new Hello { Id = "c1", Client = "godot-demo" } },
-            { "say", new Say { Id = "r7", Npc = "odile-brask", Text = "Any news from the docks?" } },
+            { "say", Id(SidecarClient.SayMessage("odile-brask", "Any news from the docks?", new SayOptions()), "r7") },
+            { "event", Id(SidecarClient.EventMessage("The player paid Odile ten silver marks.", "save-1", "odile-brask", null, null, null, null), "e1") },
+            { "state", Id(SidecarClient.StateMessage(new Dictionary<string, object> { { "quest.heron", "done" }, { "gold", 12 } }, new[] { "night" }, "save-1"), "s1") },
+            { "declare", Id(SidecarClient.DeclareMessage(new[] { GiveItem() }, new Dictionary<string, FieldSpec> { { "emotion", new FieldSpec("neutral", "warm", "wary") } }, 1, null, "save-1"), "d1") },
             { "cancel", new Cancel { Id = "x1", Target = "r7" } },
             { "reset", new Reset { Id = "z1", Npc = "odile-brask" } },
             { "ping", new Ping { Id = "p1" } },
@@ -175,6 +180,18 @@ static class ClientTests
         Check(((LoreFileError)byType["lore.error"]).Line == 3, "lore.error fields");
         var gen = (GenerateResult)byType["generate.result"];
         Check(gen.Status == "flagged" && gen.Findings[0].Check == "must_mention" && gen.Output.GetString("title") == "The Red Seal" && gen.Timings["decode_ms"] == 6200.0, "generate.result fields");
+        var act = (NpcAction)byType["action"];
+        Check(act.Id == "r7" && act.Seq == 0 && act.Name == "give_item" && act.Args.GetString("item") == "room key", "action fields");
+        var ev = (GameEvent)byType["event"];
+        Check(ev.Text.StartsWith("The player paid") && ev.Session == "save-1" && ev.Npc == "odile-brask" && ev.Npcs == null && ev.State == null, "event fields");
+        var st = (State)byType["state"];
+        Check(st.Set.GetString("quest.heron") == "done" && st.Set.GetLong("gold") == 12 && st.Unset.SequenceEqual(new[] { "night" }), "state fields");
+        var dec = (Declare)byType["declare"];
+        var item = dec.Actions[0].Parameters.GetMap("properties").GetMap("item");
+        Check(dec.Actions.Count == 1 && dec.Actions[0].Name == "give_item" && item.GetStringList("enum").SequenceEqual(new[] { "ale", "room key" })
+              && dec.Fields["emotion"].Enum.Count == 3 && dec.MaxActions == 1 && dec.Npc == null, "declare fields");
+        Check(((Ok)byType["ok"]).Count == null && done.Fields == null && done.ActionCount == null && done.Rejected == null && done.Actions.Count == 0,
+              "absent optional fields are null (ok.count, done.fields/actions/rejected)");
         var err = SidecarException.FromError((ErrorMessage)byType["error"]);
         Check(err is UnknownNpcException && err.Code == ErrorCode.UnknownNpc && err.RequestId == "r8" && err.Detail == "unknown NPC 'bob'", "error -> UnknownNpcException");
 
@@ -203,7 +220,138 @@ static class ClientTests
         for (int i = 0; i < ints.Length; i++) Check(back.GetLong("i" + i) == ints[i], "int " + ints[i]);
         Check((ulong)back["u64"] == ulong.MaxValue && (float)back["f32"] == 1.5f && back.GetDouble("f64") == -0.1 && ((byte[])back["bin"]).Length == 300, "u64/f32/f64/bin");
         Check(back.GetString("utf8") == "Ödile’s 🜂" && back.GetString("s70k").Length == 70000 && back.ContainsKey("nil") && back["nil"] == null, "str/nil");
-        Check(seen.Count >= 19, "all message types seen");
+        Check(seen.Count >= 23, "all message types seen");
+    }
+
+    static T Id<T>(T m, string id) where T : Message { m.Id = id; return m; }
+
+    /// <summary>PROTOCOL.md's give_item action, built as a game would (a string[] for the enum, a Dictionary inside a MsgMap).</summary>
+    static ActionSpec GiveItem()
+    {
+        var item = new Dictionary<string, object> { { "type", "string" }, { "enum", new[] { "ale", "room key" } } };
+        return new ActionSpec("give_item", "Hand the player an item.",
+            new MsgMap { ["type"] = "object", ["properties"] = new MsgMap { ["item"] = item }, ["required"] = new List<string> { "item" } });
+    }
+
+    /// <summary>Round trip of one vector: msgpack decodes to the JSON value, re-encodes byte for byte (generic and typed).</summary>
+    static Message RoundTrip(MsgMap v, string label)
+    {
+        string type = v.GetString("type");
+        byte[] bytes = Hex(v.GetString("msgpack_hex"));
+        object decoded = MsgPack.Decode(bytes);
+        Check(JsonEquals(decoded, v["json"]), label + ": decoded msgpack equals the JSON value");
+        Check(ToHex(MsgPack.Encode(decoded)) == ToHex(bytes), label + ": generic re-encode is byte-exact");
+        Message typed = Message.Decode(bytes);
+        Check(typed.Type == type && !(typed is UnknownMessage), label + ": decodes to its typed class, got " + typed.GetType().Name);
+        string typedHex = ToHex(typed.Encode());
+        Check(typedHex == ToHex(bytes), label + ": typed re-encode is byte-exact\n  want " + ToHex(bytes) + "\n  got  " + typedHex);
+        Console.WriteLine("  {0,-25} {1,4} bytes  decode, re-encode (generic, typed): byte-exact", label, bytes.Length);
+        return typed;
+    }
+
+    /// <summary>tests/clients/wire_cases.py: the optional fields of the event/state/declare/action/done/ok messages, encoded by
+    /// bridge/protocol.py (nested maps and lists of bool, int, float64, str). Each round-trips byte for byte; the requests the
+    /// client API builds (Say, EventAsync, SetStateAsync, DeclareAsync, from Unity-style values: C# floats, arrays,
+    /// Dictionaries) are byte-exact; typed fields read right; a say stream hands actions to onAction and to done.Actions.</summary>
+    static void ExtraVectors(string path)
+    {
+        var doc = (MsgMap)Json.Parse(File.ReadAllText(path));
+        var byName = new Dictionary<string, MsgMap>();
+        var typed = new Dictionary<string, Message>();
+        foreach (MsgMap v in doc.GetArray("vectors"))
+        {
+            byName[v.GetString("name")] = v;
+            typed[v.GetString("name")] = RoundTrip(v, v.GetString("name"));
+        }
+
+        // what the API sends, from what a Unity game has at hand (floats are float32 there: sent as float64)
+        var schema = new MsgMap
+        {
+            ["type"] = "object",
+            ["properties"] = new Dictionary<string, object>
+            {
+                { "item", new MsgMap { ["type"] = "string", ["enum"] = new[] { "ale", "room key" } } },
+                { "count", new MsgMap { ["type"] = "integer", ["minimum"] = 1, ["maximum"] = 3 } },
+                { "price", new MsgMap { ["type"] = "number", ["minimum"] = 0.5f } },
+                { "paid", new MsgMap { ["type"] = "boolean" } },
+                { "note", new MsgMap { ["type"] = "string", ["maxLength"] = (short)40, ["pattern"] = "^[a-z ]*$" } },
+            },
+            ["required"] = new List<object> { "item", "count" },
+        };
+        var built = new Dictionary<string, Message>
+        {
+            { "say+state", Id(SidecarClient.SayMessage("odile-brask", "A room, please.", new SayOptions
+                { Session = "save-1", MaxTokens = 64, Temperature = 0.7, Seed = 3,
+                  State = new Dictionary<string, object> { { "night", true }, { "gold", 12 }, { "rep", 0.5f }, { "quest.heron", "done" } } }), "r9") },
+            { "event+npcs+state", Id(SidecarClient.EventMessage("A bell rings.", "save-1", null, new List<string> { "odile-brask", "hale-corrow" }, null, null,
+                new Dictionary<string, object> { { "bell", true }, { "hour", 23L }, { "temp", -1.25f }, { "weather", "ash" } }), "e2") },
+            { "event+location", Id(SidecarClient.EventMessage("A fire in Lowmarket.", null, null, null, "lowmarket", null, null), "e3") },
+            { "event+faction", Id(SidecarClient.EventMessage("The reedcutters call a meeting.", "save-1", null, null, null, "reedcutters", null), "e4") },
+            { "event+everyone", Id(SidecarClient.EventMessage("Night falls.", null, null, null, null, null, null), "e5") },
+            { "state+mixed", Id(SidecarClient.StateMessage(new Dictionary<string, object> { { "hp", 0.75f }, { "alive", false }, { "deaths", -3 }, { "big", 70000u }, { "name", "Tam" } },
+                new[] { "night", "gold" }, null), "s2") },
+            { "state+empty", Id(SidecarClient.StateMessage(null, null, "save-1"), "s3") },
+            { "declare+npc", Id(SidecarClient.DeclareMessage(
+                new[] { new ActionSpec("give_item", "Hand the player an item.", schema),
+                        new ActionSpec("open_shop", "Show the wares.", new MsgMap { ["type"] = "object", ["properties"] = new MsgMap() }) },
+                new Dictionary<string, FieldSpec> { { "emotion", new FieldSpec("neutral", "warm", "wary") { Description = "Her face." } }, { "gesture", new FieldSpec("none", "nod") } },
+                2, "odile-brask", "save-1"), "d2") },
+            { "declare+remove", Id(SidecarClient.DeclareMessage(new List<ActionSpec>(), null, 1, null, "save-1"), "d3") },
+        };
+        foreach (var kv in built)
+        {
+            string want = byName[kv.Key].GetString("msgpack_hex"), got = ToHex(kv.Value.Encode());
+            Check(got == want, kv.Key + ": the API's request is byte-exact\n  want " + want + "\n  got  " + got);
+            Console.WriteLine("  {0,-25} built by the client API: byte-exact", kv.Key);
+        }
+
+        // the API refuses what the protocol cannot carry, before sending
+        try { SidecarClient.StateMessage(new Dictionary<string, object> { { "nested", new MsgMap() } }, null, null); throw new Exception("a map as a state value accepted"); }
+        catch (ArgumentException e) { Check(e.Message.Contains("set.nested"), "the error names the key: " + e.Message); }
+        try { SidecarClient.EventMessage("x", null, "odile-brask", null, null, "reedcutters", null); throw new Exception("an event with two targets accepted"); }
+        catch (ArgumentException) { }
+
+        // typed fields
+        var done = (Done)typed["done+declared"];
+        Check(done.Fields["emotion"] == "warm" && done.Fields["gesture"] == "nod" && done.ActionCount == 1 && done.ForgottenTurns == 2
+              && done.Rejected.Count == 1 && done.Rejected[0].Name == "give_item" && done.Rejected[0].Reason.Contains("dragon"), "done: fields, actions, rejected, forgotten_turns");
+        Check(((Ok)typed["ok+count"]).Count == 2, "ok.count");
+        var act = (NpcAction)typed["action+mixed"];
+        Check(act.Seq == 1 && act.Args.GetLong("count") == 2 && act.Args.GetDouble("price") == 0.5 && act.Args.GetBool("paid") && act.Args.GetString("item") == "ale", "action args of mixed types");
+        var say = (Say)typed["say+state"];
+        Check(say.State.GetBool("night") && say.State.GetLong("gold") == 12 && say.State.GetDouble("rep") == 0.5 && say.Temperature == 0.7, "say.state");
+        var ev = (GameEvent)typed["event+npcs+state"];
+        Check(ev.Npcs.SequenceEqual(new[] { "odile-brask", "hale-corrow" }) && ev.Npc == null && ev.State.GetDouble("temp") == -1.25, "event npcs and state");
+        Check(((GameEvent)typed["event+location"]).Location == "lowmarket" && ((GameEvent)typed["event+faction"]).Faction == "reedcutters", "event location, faction");
+        var st = (State)typed["state+mixed"];
+        Check(st.Session == null && st.Set.GetDouble("hp") == 0.75 && !st.Set.GetBool("alive", true) && st.Set.GetLong("deaths") == -3 && st.Unset.Count == 2, "state set/unset");
+        var dec = (Declare)typed["declare+npc"];
+        Check(dec.Npc == "odile-brask" && dec.MaxActions == 2 && dec.Actions[1].Name == "open_shop" && dec.Fields["gesture"].Description == ""
+              && dec.Actions[0].Parameters.GetMap("properties").GetMap("price").GetDouble("minimum") == 0.5, "declare npc, fields, schema");
+        var schemaErr = SidecarException.FromError((ErrorMessage)typed["error+unsupported_schema"]);
+        Check(schemaErr is UnsupportedSchemaException && schemaErr.Code == ErrorCode.UnsupportedSchema && schemaErr.Detail.Contains("target"), "error -> UnsupportedSchemaException");
+        Check(SidecarException.Parse("context_overflow") == ErrorCode.ContextOverflow, "context_overflow is known");
+
+        // a say stream, fed the stream's messages as the reader thread would: chunk, action, action, done
+        using (var c = new SidecarClient("tcp://127.0.0.1:9"))
+        {
+            var order = new List<string>();
+            var s = new SayStream(c)
+            {
+                OnChunk = ch => order.Add("chunk"), OnAction = a => order.Add("action " + a.Seq + " " + a.Name), OnDone = x => order.Add("done"),
+                TimeoutMs = 60000, RequestId = "r9",
+            };
+            s.Deliver(new Chunk { Id = "r9", Seq = 0, Text = "Here." }, c);
+            s.Deliver(new NpcAction { Id = "r9", Seq = 0, Name = "open_shop" }, c);
+            Check(s.Actions.Count == 1 && !s.IsFinished, "an action does not end the stream");
+            s.Deliver(Message.Decode(Hex(byName["action+mixed"].GetString("msgpack_hex"))), c);
+            s.Deliver(Message.Decode(Hex(byName["done+declared"].GetString("msgpack_hex"))), c);
+            Done d = Await(s.Completion, 5);
+            Check(order.SequenceEqual(new[] { "chunk", "action 0 open_shop", "action 1 give_item", "done" }), "callbacks in stream order: " + string.Join(", ", order));
+            Check(d.Actions.Select(a => a.Name).SequenceEqual(new[] { "open_shop", "give_item" }) && d.Actions[1].Args.GetLong("count") == 2, "done.Actions holds the turn's actions");
+            Check(d.Fields["emotion"] == "warm" && s.Actions.Count == 2, "done.Fields; SayStream.Actions");
+        }
+        Console.WriteLine("  a say stream: chunk -> onAction x2 -> onDone, done.Actions and done.Fields filled");
     }
 
     static bool JsonEquals(object mp, object js)
@@ -217,9 +365,9 @@ static class ClientTests
         {
             var mm = mp as MsgMap;
             if (mm == null || mm.Count != jm.Count) return false;
+            // key order does not matter (PROTOCOL.md); the bytes, order included, are checked by the byte-exact re-encodes
             foreach (var kv in jm) { object o; if (!mm.TryGetValue(kv.Key, out o) || !JsonEquals(o, kv.Value)) return false; }
-            // key order as in the example
-            return mm.Keys.SequenceEqual(jm.Keys);
+            return true;
         }
         var ja = js as List<object>;
         var ma = mp as List<object>;
@@ -559,6 +707,75 @@ static class ClientTests
             Check(sw.ElapsedMilliseconds < 5000, "dead peer noticed in " + sw.ElapsedMilliseconds + " ms");
         }
     }
+
+    /// <summary>Declared actions and a per-line field for a session, a game event, then a line: every action that arrives is a
+    /// declared one with valid arguments (in seq order, before done, counted by done), done.Fields holds a declared enum value,
+    /// the event reached its one NPC (ok.count 1). The tiny model does not always act: the field is required, an action is not.</summary>
+    static void Actions(string endpoint)
+    {
+        var items = new[] { "ale", "room key" };
+        var emotions = new[] { "neutral", "warm", "wary" };
+        var declared = new List<ActionSpec>
+        {
+            new ActionSpec("give_item", "Hand the player an item from behind the bar.", new MsgMap
+            {
+                ["type"] = "object",
+                ["properties"] = new MsgMap { ["item"] = new MsgMap { ["type"] = "string", ["enum"] = items } },
+                ["required"] = new[] { "item" },
+            }),
+            new ActionSpec("open_shop", "Show the player what the inn sells.", new MsgMap { ["type"] = "object", ["properties"] = new MsgMap() }),
+        };
+        var fields = new Dictionary<string, FieldSpec> { { "emotion", new FieldSpec(emotions) { Description = "Her face while she speaks." } } };
+        using (var c = NewClient(endpoint))
+        {
+            c.Connect();
+            string session = Session("cs-actions");
+            Await(c.DeclareAsync(declared, fields, 1, null, session));
+            long reached = Await(c.EventAsync("The player paid Odile ten silver marks.", session, npc: Npc));
+            Console.WriteLine("  declared give_item(item), open_shop, field emotion; event reached {0} NPC(s)", reached);
+            Check(reached == 1, "the event reached its one NPC (ok.count 1), got " + reached);
+
+            var chunks = new List<Chunk>();
+            var seen = new List<NpcAction>();
+            bool doneSeen = false;
+            var stream = c.Say(Npc, "A room for the night, please, and an ale.", new SayOptions { Session = session, MaxTokens = 48, Temperature = 0.7, Seed = 2 },
+                ch => { lock (seen) { Check(seen.Count == 0, "chunks come before actions"); chunks.Add(ch); } },
+                d => doneSeen = true, null,
+                a => { lock (seen) seen.Add(a); Console.WriteLine("    action {0} {1} {2}", a.Seq, a.Name, Encoding(a.Args)); });
+            Done done = Await(stream.Completion);
+            Console.WriteLine("  done {0}: {1}; fields {{{2}}}; actions {3}; rejected {4}", done.FinishReason, Quote(done.Text),
+                done.Fields == null ? "null" : string.Join(", ", done.Fields.Select(kv => kv.Key + ": " + kv.Value)), done.ActionCount,
+                done.Rejected == null ? "none" : string.Join("; ", done.Rejected.Select(r => r.Name + ": " + r.Reason)));
+            Check(doneSeen && chunks.Count > 0, "the line streamed, then onDone");
+            foreach (var a in seen)
+            {
+                Check(declared.Any(d => d.Name == a.Name), "every action is a declared one, got " + a.Name);
+                if (a.Name == "give_item") Check(items.Contains(a.Args.GetString("item")) && a.Args.Count == 1, "give_item's args validate: " + Encoding(a.Args));
+                else Check(a.Args.Count == 0, "open_shop takes no arguments: " + Encoding(a.Args));
+            }
+            Check(seen.Select(a => a.Seq).SequenceEqual(Enumerable.Range(0, seen.Count).Select(i => (long)i)) && seen.Count <= 1, "actions in seq order, at most max_actions");
+            Check(done.ActionCount == seen.Count && done.Actions.Select(a => a.Name).SequenceEqual(seen.Select(a => a.Name)), "done counts the actions and lists them");
+            Check(done.Fields != null && done.Fields.ContainsKey("emotion") && emotions.Contains(done.Fields["emotion"]), "done.fields holds a declared emotion");
+            Check(string.Concat(chunks.Select(x => x.Text)).Trim() == done.Text && !done.Text.Contains("\"emotion\""), "the tail is never spoken");
+
+            // state of its own session (this sidecar's turns do not read state yet): accepted, and a bad key is named
+            Await(c.SetStateAsync(new Dictionary<string, object> { { "quest.heron", "started" }, { "gold", 12 }, { "night", true }, { "rep", 0.5f } }, null, Session("cs-state")));
+            var bad = Faults(c.SetStateAsync(new Dictionary<string, object> { { "bad key!", 1 } }, new[] { "night" }, Session("cs-state")));
+            Check(bad is InvalidRequestException && bad.Detail.Contains("bad key!"), "a bad state key -> InvalidRequestException naming it, got " + bad);
+            // what the sidecar cannot enforce is refused, typed
+            var throwIt = new ActionSpec("throw", "", new MsgMap { ["type"] = "object", ["properties"] = new MsgMap { ["target"] = new MsgMap { ["type"] = "object" } } });
+            var e = Faults(c.DeclareAsync(new[] { throwIt }, null, 1, null, Session("cs-bad")));
+            Check(e is UnsupportedSchemaException && e.Detail.Contains("throw") && e.Detail.Contains("target"), "unsupported schema -> UnsupportedSchemaException naming it, got " + e);
+            Console.WriteLine("  declare of an object argument: {0}", e.Message);
+            var e2 = Faults(c.EventAsync("x", session, npc: "the-king"));
+            Check(e2 is UnknownNpcException, "an event for an unknown NPC -> UnknownNpcException, got " + e2);
+            // a session without a declaration: no actions, no fields
+            Done plain = Await(c.SayAsync(Npc, "Open your shop, I want to buy something.", new SayOptions { Session = Session("cs-plain"), MaxTokens = 16, Seed = 3 }));
+            Check(plain.Fields == null && plain.ActionCount == null && plain.Actions.Count == 0, "no declaration: no fields, no actions");
+        }
+    }
+
+    static string Encoding(MsgMap m) { return "{" + string.Join(", ", m.Select(kv => kv.Key + ": " + kv.Value)) + "}"; }
 
     static void Lore(string endpoint)
     {

@@ -3,8 +3,11 @@ extends Node
 ## Talks to a narrative sidecar (bridge/PROTOCOL.md) from a Godot game.
 ##
 ## Add the node, set `endpoint`, call `say()`; NPC lines arrive as `chunk`
-## signals, then one `done`. Polled from `_process` over StreamPeerTCP (never
-## blocks a frame): ZMTP 3.1 (zmtp.gd) carries msgpack maps (msgpack.gd).
+## signals, then the NPC's actions as `npc_action` signals (when its actions
+## are declared with `declare()`), then one `done`. Polled from `_process` over
+## StreamPeerTCP (never blocks a frame): ZMTP 3.1 (zmtp.gd) carries msgpack
+## maps (msgpack.gd). `event()` tells NPCs what happened, `set_state()` keeps
+## the game's flags and counters in the sidecar.
 ##
 ## Every request method returns the request id at once. Every request then
 ## ends with exactly one `done(id, message)` (message: the sidecar's terminal
@@ -24,6 +27,9 @@ extends Node
 
 ## A piece of request `id`'s NPC line; `seq` counts from 0.
 signal chunk(id: String, seq: int, text: String)
+## An action the NPC of say `id` takes at the end of its line (after the last
+## `chunk`, before `done`): a declared `name`, `args` valid for its schema.
+signal npc_action(id: String, name: String, args: Dictionary)
 ## Request `id` ended well; `message` is the terminal reply map.
 signal done(id: String, message: Dictionary)
 ## Request `id` failed; `code` is a PROTOCOL.md code or disconnected/timeout/encode.
@@ -40,7 +46,9 @@ signal lore_event(message: Dictionary)
 const Msgpack = preload("msgpack.gd")
 const Zmtp = preload("zmtp.gd")
 const PROTOCOL_VERSION := 1
-const SAY_OPTIONS := ["session", "max_tokens", "temperature", "seed"]
+const SAY_OPTIONS := ["session", "max_tokens", "temperature", "seed", "state"]
+const EVENT_OPTIONS := ["session", "npc", "npcs", "location", "faction", "state"]
+const DECLARE_OPTIONS := ["session", "npc"]
 
 ## The sidecar's ROUTER endpoint, as `narrative serve` prints it.
 @export var endpoint := "tcp://127.0.0.1:5555"
@@ -101,16 +109,37 @@ func is_connected_to_sidecar() -> bool:
 
 
 ## Sends `text` to NPC `npc`. `options`: session, max_tokens, temperature,
-## seed (PROTOCOL.md `say`) and timeout_s (this request's timeout). Returns the
-## request id; the line arrives as `chunk` signals, then `done`.
+## seed, state (PROTOCOL.md `say`) and timeout_s (this request's timeout).
+## Returns the request id; the line arrives as `chunk` signals, then
+## `npc_action` signals, then `done` (its `action_list` holds the actions).
 func say(npc: String, text: String, options := {}) -> String:
-	var fields := {"npc": npc, "text": text}
-	for key in options.keys():
-		if key in SAY_OPTIONS:
-			fields[key] = options[key]
-		elif key != "timeout_s":
-			push_warning("NarrativeClient.say: unknown option '%s' not sent" % key)
-	return request("say", fields, options.get("timeout_s", request_timeout_s))
+	return request("say", say_fields(npc, text, options), options.get("timeout_s", request_timeout_s))
+
+
+## Tells NPCs that something happened in the game. `options`: session, at
+## most one target of npc, npcs (an Array of ids), location, faction (lore
+## entry ids; none: every NPC), state (merged into the session's), timeout_s.
+## Ends with `done` (an `ok` map whose `count` is how many NPCs it reached);
+## it enters each one's next turn.
+func event(text: String, options := {}) -> String:
+	var timeout_s: float = options.get("timeout_s", request_timeout_s)
+	return request("event", event_fields(text, options), timeout_s)
+
+
+## Merges `values` (key -> bool, int, float or String) into the session's
+## game state, then removes the `unset` keys. Ends with `done` (an `ok`).
+func set_state(values: Dictionary, unset := [], session := "") -> String:
+	return request("state", state_fields(values, unset, session))
+
+
+## Declares the actions (`[{name, description, parameters}]`, parameters: a
+## JSON Schema Dictionary) and per-line fields (`{name: {enum, description}}`)
+## of an NPC. `options`: session, npc (none: every NPC of the session),
+## max_actions (0..4, default 1), timeout_s. Declare before the first `say`
+## of the session. Ends with `done` (an `ok`) or `error` unsupported_schema.
+func declare(actions: Array, fields := {}, options := {}) -> String:
+	var timeout_s: float = options.get("timeout_s", request_timeout_s)
+	return request("declare", declare_fields(actions, fields, options), timeout_s)
 
 
 ## Stops stream `id`; it then ends with `done` (finish_reason `cancelled`).
@@ -141,6 +170,59 @@ func lore_query(text: String, npc := "") -> String:
 	return request("lore.query", fields)
 
 
+## The fields of a `say` (the protocol's order), from `say()`'s arguments.
+static func say_fields(npc: String, text: String, options: Dictionary) -> Dictionary:
+	return _with_options({"npc": npc, "text": text}, options, SAY_OPTIONS, "say")
+
+
+## The fields of an `event`, from `event()`'s arguments.
+static func event_fields(text: String, options: Dictionary) -> Dictionary:
+	return _with_options({"text": text}, options, EVENT_OPTIONS, "event")
+
+
+## The fields of a `state`, from `set_state()`'s arguments.
+static func state_fields(values: Dictionary, unset: Array, session: String) -> Dictionary:
+	var fields := {}
+	if session != "":
+		fields["session"] = session
+	fields["set"] = values
+	fields["unset"] = unset
+	return fields
+
+
+## The fields of a `declare`, from `declare()`'s arguments.
+static func declare_fields(
+	actions: Array, fields: Dictionary, options: Dictionary
+) -> Dictionary:
+	var out := _with_options({}, options, DECLARE_OPTIONS, "declare", ["max_actions"])
+	out["actions"] = actions
+	out["fields"] = fields
+	out["max_actions"] = options.get("max_actions", 1)
+	return out
+
+
+## The full message map: v, id, type, then `fields` in their order.
+static func message(id: String, msg_type: String, fields: Dictionary) -> Dictionary:
+	var msg := {"v": PROTOCOL_VERSION, "id": id, "type": msg_type}
+	for key in fields.keys():
+		msg[key] = fields[key]
+	return msg
+
+
+## `fields` plus the `known` keys of `options`, in the order of `known`; a key
+## neither known, `timeout_s` nor in `also` is not sent (a warning says so).
+static func _with_options(
+	fields: Dictionary, options: Dictionary, known: Array, what: String, also := []
+) -> Dictionary:
+	for key in known:
+		if options.has(key):
+			fields[key] = options[key]
+	for key in options.keys():
+		if not (key in known or key in also or key == "timeout_s"):
+			push_warning("NarrativeClient.%s: unknown option '%s' not sent" % [what, key])
+	return fields
+
+
 ## Sends any request type of PROTOCOL.md with `fields`; returns its id.
 ## `timeout_s` 0 means the request expects no reply (cancel).
 func request(msg_type: String, fields: Dictionary, timeout_s := -1.0) -> String:
@@ -148,13 +230,15 @@ func request(msg_type: String, fields: Dictionary, timeout_s := -1.0) -> String:
 		timeout_s = request_timeout_s
 	_next_id += 1
 	var id := "gd-%d" % _next_id
-	var msg := {"v": PROTOCOL_VERSION, "id": id, "type": msg_type}
-	for key in fields.keys():
-		msg[key] = fields[key]
+	var msg := message(id, msg_type, fields)
 	var now := Time.get_ticks_msec()
 	var timeout_ms := int(timeout_s * 1000)
 	_pending[id] = {
-		"type": msg_type, "sent_ms": now, "timeout_ms": timeout_ms, "deadline_ms": now + timeout_ms
+		"type": msg_type,
+		"sent_ms": now,
+		"timeout_ms": timeout_ms,
+		"deadline_ms": now + timeout_ms,
+		"actions": [],
 	}
 	var enc: Array = Msgpack.encode(msg)
 	if enc[1] != "":
@@ -242,14 +326,30 @@ func _on_message(msg: Dictionary) -> void:
 	if not _pending.has(id):
 		return  # a late reply to a request that timed out
 	var req: Dictionary = _pending[id]
-	if msg_type == "chunk":
-		req["deadline_ms"] = Time.get_ticks_msec() + req["timeout_ms"]
-		emit_signal("chunk", id, msg.get("seq", 0), str(msg.get("text", "")))
+	if msg_type == "chunk" or msg_type == "action":
+		_on_stream_part(id, req, msg)
 		return
 	_pending.erase(id)
+	if msg_type == "done":  # the turn's actions, [{seq, name, args}] (not on the wire)
+		msg["action_list"] = req["actions"]
 	if msg_type == "pong":
 		emit_signal("pong", id, float(Time.get_ticks_msec() - req["sent_ms"]))
 	emit_signal("done", id, msg)
+
+
+## A `chunk` or an `action` of say `id`: the stream goes on (its timeout
+## restarts); actions are kept for `done`'s `action_list`.
+func _on_stream_part(id: String, req: Dictionary, msg: Dictionary) -> void:
+	req["deadline_ms"] = Time.get_ticks_msec() + req["timeout_ms"]
+	if msg.get("type") == "chunk":
+		emit_signal("chunk", id, msg.get("seq", 0), str(msg.get("text", "")))
+		return
+	var args = msg.get("args", {})
+	if typeof(args) != TYPE_DICTIONARY:
+		args = {}
+	var action := {"seq": msg.get("seq", 0), "name": str(msg.get("name", "")), "args": args}
+	req["actions"].append(action)
+	emit_signal("npc_action", id, action["name"], args)
 
 
 func _send(id: String, payload: PackedByteArray) -> void:

@@ -32,6 +32,10 @@ namespace Narrative.Sidecar
         GenerationFailed,
         /// <summary><c>internal</c>: the sidecar failed on this request; it keeps serving.</summary>
         Internal,
+        /// <summary><c>context_overflow</c>: say's max_tokens is over <c>ready.limits.max_tokens</c>, or the NPC's prefix and the line alone do not fit.</summary>
+        ContextOverflow,
+        /// <summary><c>unsupported_schema</c>: declare: an action's argument schema or a field uses what the sidecar cannot enforce; the message names the action and the property.</summary>
+        UnsupportedSchema,
 
         /// <summary>Client side: no reply (or no next chunk) within the request's timeout.</summary>
         Timeout = 100,
@@ -75,6 +79,8 @@ namespace Narrative.Sidecar
                 case "unknown_quest": return ErrorCode.UnknownQuest;
                 case "generation_failed": return ErrorCode.GenerationFailed;
                 case "internal": return ErrorCode.Internal;
+                case "context_overflow": return ErrorCode.ContextOverflow;
+                case "unsupported_schema": return ErrorCode.UnsupportedSchema;
                 default: return ErrorCode.Unknown;
             }
         }
@@ -96,6 +102,8 @@ namespace Narrative.Sidecar
                 case ErrorCode.UnknownQuest: return new UnknownQuestException(d, id);
                 case ErrorCode.GenerationFailed: return new GenerationFailedException(d, id);
                 case ErrorCode.Internal: return new InternalErrorException(d, id);
+                case ErrorCode.ContextOverflow: return new ContextOverflowException(d, id);
+                case ErrorCode.UnsupportedSchema: return new UnsupportedSchemaException(d, id);
                 default: return new SidecarException(ErrorCode.Unknown, c, d, id);
             }
         }
@@ -112,6 +120,8 @@ namespace Narrative.Sidecar
     public sealed class UnknownQuestException : SidecarException { public UnknownQuestException(string d, string id) : base(ErrorCode.UnknownQuest, "unknown_quest", d, id) { } }
     public sealed class GenerationFailedException : SidecarException { public GenerationFailedException(string d, string id) : base(ErrorCode.GenerationFailed, "generation_failed", d, id) { } }
     public sealed class InternalErrorException : SidecarException { public InternalErrorException(string d, string id) : base(ErrorCode.Internal, "internal", d, id) { } }
+    public sealed class ContextOverflowException : SidecarException { public ContextOverflowException(string d, string id) : base(ErrorCode.ContextOverflow, "context_overflow", d, id) { } }
+    public sealed class UnsupportedSchemaException : SidecarException { public UnsupportedSchemaException(string d, string id) : base(ErrorCode.UnsupportedSchema, "unsupported_schema", d, id) { } }
 
     /// <summary>No reply (or, for a say stream, no next message) within the request's timeout.</summary>
     public sealed class SidecarTimeoutException : SidecarException

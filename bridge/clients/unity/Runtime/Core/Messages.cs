@@ -74,6 +74,9 @@ namespace Narrative.Sidecar
             {
                 case "hello": return new Hello();
                 case "say": return new Say();
+                case "event": return new GameEvent();
+                case "state": return new State();
+                case "declare": return new Declare();
                 case "cancel": return new Cancel();
                 case "reset": return new Reset();
                 case "ping": return new Ping();
@@ -82,6 +85,7 @@ namespace Narrative.Sidecar
                 case "generate": return new Generate();
                 case "ready": return new Ready();
                 case "chunk": return new Chunk();
+                case "action": return new NpcAction();
                 case "done": return new Done();
                 case "pong": return new Pong();
                 case "ok": return new Ok();
@@ -112,6 +116,69 @@ namespace Narrative.Sidecar
             if (d != null) foreach (var kv in d) m[kv.Key] = kv.Value;
             return m;
         }
+
+        /// <summary>Game state as the protocol carries it (<c>state.set</c>, <c>say.state</c>, <c>event.state</c>): a map of
+        /// key -> bool, integer, float or string, in the dictionary's order. A C# float is sent as the float64 of its shortest
+        /// decimal form (0.1f -> 0.1), as the protocol's floats are float64. Null: null (the field is left out).</summary>
+        /// <exception cref="ArgumentException">a null key, or a value of another type (a map, a list, null...).</exception>
+        internal static MsgMap StateMap(IDictionary<string, object> values, string field)
+        {
+            if (values == null) return null;
+            var m = new MsgMap();
+            foreach (var kv in values)
+            {
+                if (kv.Key == null) throw new ArgumentException(field + ": a state key is null");
+                object v = Tree(kv.Value, field + "." + kv.Key);
+                if (!(v is bool || v is long || v is ulong || v is double || v is string))
+                    throw new ArgumentException(string.Format("{0}.{1}: a state value is a bool, int, float or string, got {2}", field, kv.Key, MsgPack.TypeName(v)));
+                m[kv.Key] = v;
+            }
+            return m;
+        }
+
+        /// <summary>A value tree (JSON Schema, action arguments) as the protocol carries it: maps (MsgMap or any IDictionary with
+        /// string keys) become MsgMaps in their order, lists and arrays become lists, integers long, float -> float64 (see
+        /// <see cref="StateMap"/>); bool, string, double and null stay.</summary>
+        /// <exception cref="ArgumentException">a non-string map key or a value msgpack cannot carry; the message names where.</exception>
+        internal static object Tree(object v, string path)
+        {
+            if (v == null || v is string || v is bool || v is double || v is long || v is ulong || v is byte[]) return v;
+            if (v is int) return (long)(int)v;
+            if (v is short) return (long)(short)v;
+            if (v is sbyte) return (long)(sbyte)v;
+            if (v is byte) return (long)(byte)v;
+            if (v is ushort) return (long)(ushort)v;
+            if (v is uint) return (long)(uint)v;
+            if (v is float)
+                return double.Parse(((float)v).ToString("R", System.Globalization.CultureInfo.InvariantCulture), System.Globalization.CultureInfo.InvariantCulture);
+            var mm = v as MsgMap;
+            if (mm != null)
+            {
+                var copy = new MsgMap();
+                foreach (var kv in mm) copy[kv.Key] = Tree(kv.Value, path + "." + kv.Key);
+                return copy;
+            }
+            var dict = v as System.Collections.IDictionary;
+            if (dict != null)
+            {
+                var copy = new MsgMap();
+                foreach (System.Collections.DictionaryEntry kv in dict)
+                {
+                    var key = kv.Key as string;
+                    if (key == null) throw new ArgumentException(path + ": map keys must be strings");
+                    copy[key] = Tree(kv.Value, path + "." + key);
+                }
+                return copy;
+            }
+            var list = v as System.Collections.IList;
+            if (list != null)
+            {
+                var copy = new List<object>(list.Count);
+                for (int i = 0; i < list.Count; i++) copy.Add(Tree(list[i], path + "[" + i + "]"));
+                return copy;
+            }
+            throw new ArgumentException(path + ": cannot send a " + v.GetType().FullName);
+        }
     }
 
     /// <summary>A message of a type this client does not know (a newer sidecar); its fields are in <see cref="Message.Raw"/>.</summary>
@@ -139,7 +206,8 @@ namespace Narrative.Sidecar
         protected override void ReadFields(MsgMap m) { Client = m.GetString("client", ""); }
     }
 
-    /// <summary>A player's line to an NPC; answered by <see cref="Chunk"/>* then exactly one <see cref="Done"/>, or one error.</summary>
+    /// <summary>A player's line to an NPC; answered by <see cref="Chunk"/>*, then <see cref="NpcAction"/>* (when the NPC has a
+    /// declaration), then exactly one <see cref="Done"/>, or one error.</summary>
     public sealed class Say : Message
     {
         public override string Type { get { return "say"; } }
@@ -155,16 +223,178 @@ namespace Narrative.Sidecar
         public double? Temperature;
         /// <summary>Sampling seed, for reproducible lines.</summary>
         public long? Seed;
+        /// <summary>Game state merged into the session's before this turn, as a <c>state</c> message would
+        /// (key -> bool, int, float or string; see <see cref="SayOptions.State"/>).</summary>
+        public MsgMap State;
 
         protected override void WriteFields(MsgMap m)
         {
-            m.Put("npc", Npc).Put("text", Text).Put("session", Session).Put("max_tokens", MaxTokens).Put("temperature", Temperature).Put("seed", Seed);
+            m.Put("npc", Npc).Put("text", Text).Put("session", Session).Put("max_tokens", MaxTokens).Put("temperature", Temperature).Put("seed", Seed)
+                .Put("state", State);
         }
 
         protected override void ReadFields(MsgMap m)
         {
             Npc = m.GetString("npc"); Text = m.GetString("text"); Session = m.GetString("session");
             MaxTokens = m.GetLongOrNull("max_tokens"); Temperature = m.GetDoubleOrNull("temperature"); Seed = m.GetLongOrNull("seed");
+            State = m.GetMap("state");
+        }
+    }
+
+    /// <summary>Something happened in the game that NPCs should know (the wire type <c>event</c>; named so as not to clash
+    /// with the engine's Event class). Answered by <see cref="Ok"/> whose <see cref="Ok.Count"/> is how many NPCs it reached; it
+    /// enters each one's next turn. Target: at most one of <see cref="Npc"/>, <see cref="Npcs"/>, <see cref="Location"/>,
+    /// <see cref="Faction"/>; none: every NPC.</summary>
+    public sealed class GameEvent : Message
+    {
+        public override string Type { get { return "event"; } }
+        /// <summary>What happened, in words (1..1000 chars): "The player paid Odile ten silver marks."</summary>
+        public string Text;
+        /// <summary>Conversation key, as in <see cref="Say.Session"/>.</summary>
+        public string Session;
+        /// <summary>One NPC id.</summary>
+        public string Npc;
+        /// <summary>Several NPC ids (1..64).</summary>
+        public List<string> Npcs;
+        /// <summary>Lore entry id of a place: the NPCs whose card names it.</summary>
+        public string Location;
+        /// <summary>Lore entry id of a faction: the NPCs whose card names it.</summary>
+        public string Faction;
+        /// <summary>Game state merged into the session's with the event.</summary>
+        public MsgMap State;
+
+        protected override void WriteFields(MsgMap m)
+        {
+            m.Put("text", Text).Put("session", Session).Put("npc", Npc).Put("npcs", Npcs == null ? null : Strings(Npcs))
+                .Put("location", Location).Put("faction", Faction).Put("state", State);
+        }
+
+        protected override void ReadFields(MsgMap m)
+        {
+            Text = m.GetString("text"); Session = m.GetString("session"); Npc = m.GetString("npc");
+            Npcs = m.GetArray("npcs") == null ? null : m.GetStringList("npcs");
+            Location = m.GetString("location"); Faction = m.GetString("faction"); State = m.GetMap("state");
+        }
+    }
+
+    /// <summary>Game state (flags, counters) of a session: <see cref="Set"/> is merged in, then the <see cref="Unset"/> keys are
+    /// removed. Answered by <see cref="Ok"/>. Keys: 1..64 of <c>A-Z a-z 0-9 _ . -</c>; values: bool, int, float or string
+    /// (at most 256 chars). Lore entries' <c>when:</c> conditions read it.</summary>
+    public sealed class State : Message
+    {
+        public override string Type { get { return "state"; } }
+        public string Session;
+        public MsgMap Set = new MsgMap();
+        public List<string> Unset = new List<string>();
+
+        protected override void WriteFields(MsgMap m)
+        {
+            m.Put("session", Session).Put("set", Set ?? new MsgMap()).Put("unset", Strings(Unset));
+        }
+
+        protected override void ReadFields(MsgMap m)
+        {
+            Session = m.GetString("session"); Set = m.GetMap("set") ?? new MsgMap(); Unset = m.GetStringList("unset");
+        }
+    }
+
+    /// <summary>One game action an NPC may take: a name (<c>[A-Za-z_][A-Za-z0-9_]*</c>, at most 64 chars), what it does (for
+    /// the model), and the JSON Schema of its arguments: an object of string / integer / number / boolean properties with
+    /// <c>enum</c>, <c>const</c>, <c>minimum</c>/<c>maximum</c>, <c>minLength</c>/<c>maxLength</c>, <c>pattern</c>,
+    /// <c>required</c> (PROTOCOL.md, "Game events, state and NPC actions"; anything else gets
+    /// <see cref="UnsupportedSchemaException"/>).</summary>
+    public sealed class ActionSpec
+    {
+        public string Name = "";
+        public string Description = "";
+        /// <summary>JSON Schema of the arguments object; null: no arguments (the sidecar's default).</summary>
+        public MsgMap Parameters;
+
+        public ActionSpec() { }
+
+        public ActionSpec(string name, string description, MsgMap parameters = null)
+        {
+            Name = name; Description = description ?? ""; Parameters = parameters;
+        }
+
+        internal static ActionSpec FromMap(MsgMap m)
+        {
+            return new ActionSpec { Name = m.GetString("name", ""), Description = m.GetString("description", ""), Parameters = m.GetMap("parameters") };
+        }
+
+        internal MsgMap ToMap()
+        {
+            return new MsgMap().Put("name", Name).Put("description", Description ?? "").Put("parameters", Parameters);
+        }
+    }
+
+    /// <summary>A per-line field the game wants with every line (e.g. <c>emotion</c> for the animation): one of
+    /// <see cref="Enum"/> comes back in <see cref="Done.Fields"/>.</summary>
+    public sealed class FieldSpec
+    {
+        /// <summary>The values it may take (1..32, each 1..64 chars).</summary>
+        public List<string> Enum = new List<string>();
+        /// <summary>What it means, for the model (at most 300 chars).</summary>
+        public string Description = "";
+
+        public FieldSpec() { }
+
+        public FieldSpec(params string[] values) { Enum = new List<string>(values); }
+
+        internal static FieldSpec FromMap(MsgMap m)
+        {
+            return new FieldSpec { Enum = m.GetStringList("enum"), Description = m.GetString("description", "") };
+        }
+
+        internal MsgMap ToMap() { return new MsgMap().Put("enum", Message.Strings(Enum)).Put("description", Description ?? ""); }
+    }
+
+    /// <summary>Declares the actions and per-line fields of one NPC (<see cref="Npc"/>) or of every NPC (no Npc) in a session;
+    /// answered by <see cref="Ok"/>, or <see cref="UnsupportedSchemaException"/> / <see cref="UnknownNpcException"/>. Replaces
+    /// the earlier declaration of that scope (an NPC's own wins over the session's); empty Actions and Fields remove it.
+    /// Declare before the first say of a session (a later change re-decodes that conversation once).</summary>
+    public sealed class Declare : Message
+    {
+        public override string Type { get { return "declare"; } }
+        public string Session;
+        public string Npc;
+        /// <summary>Up to 32 actions.</summary>
+        public List<ActionSpec> Actions = new List<ActionSpec>();
+        /// <summary>Up to 8 fields, name -> its values.</summary>
+        public Dictionary<string, FieldSpec> Fields = new Dictionary<string, FieldSpec>();
+        /// <summary>Actions one line may end with (0..4).</summary>
+        public long MaxActions = 1;
+
+        protected override void WriteFields(MsgMap m)
+        {
+            var actions = new List<object>();
+            if (Actions != null) foreach (var a in Actions) actions.Add(a.ToMap());
+            var fields = new MsgMap();
+            if (Fields != null) foreach (var kv in Fields) fields[kv.Key] = kv.Value.ToMap();
+            m.Put("session", Session).Put("npc", Npc).Put("actions", actions).Put("fields", fields).Put("max_actions", MaxActions);
+        }
+
+        protected override void ReadFields(MsgMap m)
+        {
+            Session = m.GetString("session"); Npc = m.GetString("npc"); MaxActions = m.GetLong("max_actions", 1);
+            Actions = new List<ActionSpec>();
+            var a = m.GetArray("actions");
+            if (a != null)
+                foreach (var x in a)
+                {
+                    var am = x as MsgMap;
+                    if (am == null) throw new MsgPackException("field 'actions': expected maps, got " + MsgPack.TypeName(x));
+                    Actions.Add(ActionSpec.FromMap(am));
+                }
+            Fields = new Dictionary<string, FieldSpec>(StringComparer.Ordinal);
+            var f = m.GetMap("fields");
+            if (f != null)
+                foreach (var kv in f)
+                {
+                    var fm = kv.Value as MsgMap;
+                    if (fm == null) throw new MsgPackException("field 'fields." + kv.Key + "': expected a map, got " + MsgPack.TypeName(kv.Value));
+                    Fields[kv.Key] = FieldSpec.FromMap(fm);
+                }
         }
     }
 
@@ -279,9 +509,35 @@ namespace Narrative.Sidecar
         protected override void ReadFields(MsgMap m) { Seq = m.GetLong("seq"); Text = m.GetString("text", ""); }
     }
 
+    /// <summary>A game action the NPC takes at the end of its line (the wire type <c>action</c>; named so as not to clash with
+    /// System.Action): after the last <see cref="Chunk"/>, before <see cref="Done"/>, <see cref="Seq"/> from 0 within the turn.
+    /// <see cref="Name"/> is a declared action and <see cref="Args"/> validates against its declared schema (the sidecar checks
+    /// before sending; invalid calls are never sent, they are listed in <see cref="Done.Rejected"/>).</summary>
+    public sealed class NpcAction : Message
+    {
+        public override string Type { get { return "action"; } }
+        public long Seq;
+        public string Name = "";
+        /// <summary>The arguments: name -> string, long, double or bool, as the declared schema says.</summary>
+        public MsgMap Args = new MsgMap();
+        protected override void WriteFields(MsgMap m) { m.Put("seq", Seq).Put("name", Name).Put("args", Args ?? new MsgMap()); }
+        protected override void ReadFields(MsgMap m) { Seq = m.GetLong("seq"); Name = m.GetString("name", ""); Args = m.GetMap("args") ?? new MsgMap(); }
+        public override string ToString() { return "action(" + Id + " " + Seq + " " + Name + ")"; }
+    }
+
+    /// <summary>An action the model wrote that failed validation and was never sent (<see cref="Done.Rejected"/>).</summary>
+    public sealed class RejectedAction
+    {
+        public string Name = "";
+        /// <summary>Why, in words.</summary>
+        public string Reason = "";
+    }
+
     /// <summary>Ends a say stream. FinishReason: <c>stop</c>, <c>length</c> (max_tokens), <c>cancelled</c>, <c>error</c>.
     /// Tokens: <c>prompt</c>, <c>cached</c>, <c>completion</c>. Timings (ms, as float64): <c>ttft_ms</c> (request received
-    /// by the sidecar -> first token), <c>total_ms</c>, <c>tokens_per_s</c>.</summary>
+    /// by the sidecar -> first token), <c>total_ms</c>, <c>tokens_per_s</c>. With a declaration (<see cref="Declare"/>):
+    /// <see cref="Fields"/>, <see cref="ActionCount"/>, <see cref="Rejected"/>; and <see cref="Actions"/>, the turn's
+    /// <see cref="NpcAction"/> messages, filled in by the client.</summary>
     public sealed class Done : Message
     {
         public override string Type { get { return "done"; } }
@@ -292,18 +548,52 @@ namespace Narrative.Sidecar
         public List<string> Lore = new List<string>();
         public Dictionary<string, long> Tokens = new Dictionary<string, long>();
         public Dictionary<string, double> Timings = new Dictionary<string, double>();
+        /// <summary>The declared per-line fields: name -> one of its enum values (e.g. <c>emotion</c> -> <c>warm</c>); null when the
+        /// NPC has no declaration.</summary>
+        public Dictionary<string, string> Fields;
+        /// <summary>The wire's <c>actions</c>: how many <see cref="NpcAction"/> messages this turn sent; null when the NPC has no declaration.</summary>
+        public long? ActionCount;
+        /// <summary>Actions the model wrote that failed validation and were never sent; null when none.</summary>
+        public List<RejectedAction> Rejected;
+        /// <summary>Oldest turns of the conversation dropped by this turn to fit its context (the NPC no longer remembers them); null when none.</summary>
+        public long? ForgottenTurns;
+        /// <summary>Not on the wire: the <see cref="NpcAction"/> messages of this turn, in seq order, as the client received them
+        /// before this done (empty when none). A done decoded on its own has none.</summary>
+        public List<NpcAction> Actions = new List<NpcAction>();
 
         public bool Cancelled { get { return FinishReason == "cancelled"; } }
 
         protected override void WriteFields(MsgMap m)
         {
-            m.Put("finish_reason", FinishReason).Put("text", Text).Put("lore", Strings(Lore)).Put("tokens", MapOf(Tokens)).Put("timings", MapOf(Timings));
+            List<object> rejected = null;
+            if (Rejected != null)
+            {
+                rejected = new List<object>();
+                foreach (var r in Rejected) rejected.Add(new MsgMap().Put("name", r.Name).Put("reason", r.Reason));
+            }
+            m.Put("finish_reason", FinishReason).Put("text", Text).Put("lore", Strings(Lore)).Put("tokens", MapOf(Tokens)).Put("timings", MapOf(Timings))
+                .Put("fields", Fields == null ? null : MapOf(Fields)).Put("actions", ActionCount).Put("rejected", rejected).Put("forgotten_turns", ForgottenTurns);
         }
 
         protected override void ReadFields(MsgMap m)
         {
             FinishReason = m.GetString("finish_reason", ""); Text = m.GetString("text", ""); Lore = m.GetStringList("lore");
             Tokens = m.GetLongMap("tokens"); Timings = m.GetDoubleMap("timings");
+            Fields = m.GetMap("fields") == null ? null : m.GetStringMap("fields");
+            ActionCount = m.GetLongOrNull("actions");
+            ForgottenTurns = m.GetLongOrNull("forgotten_turns");
+            Rejected = null;
+            var a = m.GetArray("rejected");
+            if (a != null)
+            {
+                Rejected = new List<RejectedAction>();
+                foreach (var x in a)
+                {
+                    var rm = x as MsgMap;
+                    if (rm == null) throw new MsgPackException("field 'rejected': expected maps, got " + MsgPack.TypeName(x));
+                    Rejected.Add(new RejectedAction { Name = rm.GetString("name", ""), Reason = rm.GetString("reason", "") });
+                }
+            }
         }
     }
 
@@ -312,10 +602,14 @@ namespace Narrative.Sidecar
         public override string Type { get { return "pong"; } }
     }
 
-    /// <summary>Plain success (answer to <see cref="Reset"/>).</summary>
+    /// <summary>Plain success (answer to <see cref="Reset"/>, <see cref="GameEvent"/>, <see cref="State"/>, <see cref="Declare"/>).</summary>
     public sealed class Ok : Message
     {
         public override string Type { get { return "ok"; } }
+        /// <summary>For a <see cref="GameEvent"/>: how many NPCs it reached; null otherwise.</summary>
+        public long? Count;
+        protected override void WriteFields(MsgMap m) { m.Put("count", Count); }
+        protected override void ReadFields(MsgMap m) { Count = m.GetLongOrNull("count"); }
     }
 
     /// <summary>One entry of a <see cref="LoreResult"/>. Why: <c>card</c>, <c>scene</c>, <c>constant</c>, <c>prefix</c>,

@@ -49,6 +49,9 @@ namespace Narrative.Sidecar
         /// <summary>0..2.</summary>
         public double? Temperature;
         public long? Seed;
+        /// <summary>Game state merged into the session's before this turn (as <see cref="SidecarClient.SetStateAsync"/>): key ->
+        /// bool, int, float or string. Sending it with every say keeps the sidecar right after a restart (state lives in its memory).</summary>
+        public IDictionary<string, object> State;
         /// <summary>Overrides <see cref="SidecarClientOptions.StreamTimeout"/> for this say.</summary>
         public TimeSpan? Timeout;
     }
@@ -110,15 +113,18 @@ namespace Narrative.Sidecar
         internal override void Fail(SidecarException e, SidecarClient client) { TryFinish(); }
     }
 
-    /// <summary>One say in progress: chunks arrive through the callback, then <see cref="Completion"/> completes with the
-    /// <see cref="Done"/> message, or faults with a <see cref="SidecarException"/> (refused, timed out, disconnected).
+    /// <summary>One say in progress: chunks arrive through the callback, then the NPC's actions (when it has a declaration),
+    /// then <see cref="Completion"/> completes with the <see cref="Done"/> message (its <see cref="Done.Actions"/> holds the
+    /// actions), or faults with a <see cref="SidecarException"/> (refused, timed out, disconnected).
     /// Callbacks run on the client's reader thread (the Unity layer moves them to the main thread).</summary>
     public sealed class SayStream : PendingRequest
     {
         readonly TaskCompletionSource<Done> _tcs = new TaskCompletionSource<Done>(TaskCreationOptions.RunContinuationsAsynchronously);
         readonly StringBuilder _text = new StringBuilder();
         readonly SidecarClient _client;
+        readonly List<NpcAction> _actions = new List<NpcAction>();
         internal Action<Chunk> OnChunk;
+        internal Action<NpcAction> OnAction;
         internal Action<Done> OnDone;
         internal Action<SidecarException> OnError;
         int _chunks;
@@ -133,6 +139,9 @@ namespace Narrative.Sidecar
 
         /// <summary>Chunks received so far.</summary>
         public int ChunkCount { get { return Volatile.Read(ref _chunks); } }
+
+        /// <summary>The NPC's actions received so far, in seq order (a copy).</summary>
+        public List<NpcAction> Actions { get { lock (_actions) return new List<NpcAction>(_actions); } }
 
         /// <summary>Asks the sidecar to stop this stream; it then ends with a done whose FinishReason is <c>cancelled</c>.</summary>
         public void Cancel() { if (!IsFinished) _client.Cancel(RequestId); }
@@ -149,10 +158,19 @@ namespace Narrative.Sidecar
                 if (OnChunk != null) client.Invoke(OnChunk, chunk, "onChunk");
                 return;
             }
+            var action = m as NpcAction;
+            if (action != null)
+            {
+                DeadlineMs = client.NowMs + TimeoutMs;
+                lock (_actions) _actions.Add(action);
+                if (OnAction != null) client.Invoke(OnAction, action, "onAction");
+                return;
+            }
             var done = m as Done;
             if (done != null)
             {
                 if (!TryFinish()) return;
+                done.Actions = Actions;
                 if (OnDone != null) client.Invoke(OnDone, done, "onDone");
                 _tcs.TrySetResult(done);
                 return;
@@ -570,26 +588,114 @@ namespace Narrative.Sidecar
             }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         }
 
-        /// <summary>Streams an NPC's answer to a player's line (callback form). onChunk gets each chunk in seq order,
-        /// then onDone the done message, or onError the failure (refused: UnknownNpcException, InvalidRequestException,
+        /// <summary>Streams an NPC's answer to a player's line (callback form). onChunk gets each chunk in seq order, then
+        /// onAction each action the NPC takes (when it has a declaration, see <see cref="DeclareAsync"/>), then onDone the
+        /// done message, or onError the failure (refused: UnknownNpcException, InvalidRequestException,
         /// FrameTooLargeException...; SidecarTimeoutException; SidecarDisconnectedException). Player text is sent as is.</summary>
-        /// <returns>The stream: its Completion task, accumulated Text, and Cancel().</returns>
+        /// <returns>The stream: its Completion task, accumulated Text and Actions, and Cancel().</returns>
+        /// <exception cref="ArgumentException">a <see cref="SayOptions.State"/> value that is not a bool, int, float or string.</exception>
         public SayStream Say(string npc, string text, SayOptions options = null, Action<Chunk> onChunk = null,
-                             Action<Done> onDone = null, Action<SidecarException> onError = null)
+                             Action<Done> onDone = null, Action<SidecarException> onError = null, Action<NpcAction> onAction = null)
+        {
+            var o = options ?? new SayOptions();
+            var s = new SayStream(this) { OnChunk = onChunk, OnAction = onAction, OnDone = onDone, OnError = onError };
+            return Submit(s, SayMessage(npc, text, o), o.Timeout ?? _opt.StreamTimeout);
+        }
+
+        /// <summary>Streams an NPC's answer (task form): completes with the done message (Text: the whole line; Actions: the
+        /// NPC's actions; Fields: the declared per-line fields); chunks go to <paramref name="onChunk"/> and actions to
+        /// <paramref name="onAction"/> as they arrive. Faults with a <see cref="SidecarException"/>.</summary>
+        public Task<Done> SayAsync(string npc, string text, SayOptions options = null, Action<Chunk> onChunk = null, Action<NpcAction> onAction = null)
+        {
+            return Say(npc, text, options, onChunk, null, null, onAction).Completion;
+        }
+
+        /// <summary>Tells NPCs that something happened in the game; completes with how many NPCs it reached (<c>ok.count</c>).
+        /// Target: at most one of npc, npcs, location (the NPCs whose card names that place), faction; none: every NPC of the
+        /// session. It enters each one's next turn. state: merged into the session's with it. Faults with UnknownNpcException
+        /// or InvalidRequestException (an unknown location or faction, a bad state key).</summary>
+        /// <exception cref="ArgumentException">more than one target, or a state value that is not a bool, int, float or string.</exception>
+        public Task<long> EventAsync(string text, string session = null, string npc = null, IList<string> npcs = null,
+                                     string location = null, string faction = null, IDictionary<string, object> state = null)
+        {
+            return Expect<Ok>(EventMessage(text, session, npc, npcs, location, faction, state)).ContinueWith(t =>
+            {
+                if (t.IsFaulted) throw t.Exception.InnerException;
+                return t.Result.Count ?? 0;
+            }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        }
+
+        /// <summary>Merges game state (flags, counters: key -> bool, int, float or string) into the session's, then removes the
+        /// unset keys. Lore entries' <c>when:</c> conditions read it. It lives in the sidecar's memory: send it again after a
+        /// restart (or with every say, <see cref="SayOptions.State"/>). Faults with InvalidRequestException naming a bad key or value.</summary>
+        /// <exception cref="ArgumentException">a value that is not a bool, int, float or string.</exception>
+        public Task SetStateAsync(IDictionary<string, object> values, IList<string> unset = null, string session = null)
+        {
+            return Expect<Ok>(StateMessage(values, unset, session));
+        }
+
+        /// <summary>Declares the actions an NPC may take and the per-line fields it gives with every line, for npc (null: every
+        /// NPC) in session; replaces the earlier declaration of that scope (empty actions and fields remove it). Declare before
+        /// the first say of the session. Then a say's actions arrive as <see cref="NpcAction"/>s (each a declared name, its
+        /// arguments valid for the schema) and the fields in <see cref="Done.Fields"/>. Faults with UnsupportedSchemaException
+        /// (the message names the action and the property), UnknownNpcException or InvalidRequestException.</summary>
+        public Task DeclareAsync(IList<ActionSpec> actions, IDictionary<string, FieldSpec> fields = null, int maxActions = 1,
+                                 string npc = null, string session = null)
+        {
+            return Expect<Ok>(DeclareMessage(actions, fields, maxActions, npc, session));
+        }
+
+        // what Say, EventAsync, SetStateAsync and DeclareAsync send (without the id), checked against the wire vectors by the tests
+
+        internal static Say SayMessage(string npc, string text, SayOptions o)
         {
             if (npc == null) throw new ArgumentNullException("npc");
             if (text == null) throw new ArgumentNullException("text");
-            var o = options ?? new SayOptions();
-            var msg = new Say { Npc = npc, Text = text, Session = o.Session, MaxTokens = o.MaxTokens, Temperature = o.Temperature, Seed = o.Seed };
-            var s = new SayStream(this) { OnChunk = onChunk, OnDone = onDone, OnError = onError };
-            return Submit(s, msg, o.Timeout ?? _opt.StreamTimeout);
+            return new Say
+            {
+                Npc = npc, Text = text, Session = o.Session, MaxTokens = o.MaxTokens, Temperature = o.Temperature, Seed = o.Seed,
+                State = Message.StateMap(o.State, "state"),
+            };
         }
 
-        /// <summary>Streams an NPC's answer (task form): completes with the done message (Text: the whole line);
-        /// chunks go to <paramref name="onChunk"/> as they arrive. Faults with a <see cref="SidecarException"/>.</summary>
-        public Task<Done> SayAsync(string npc, string text, SayOptions options = null, Action<Chunk> onChunk = null)
+        internal static GameEvent EventMessage(string text, string session, string npc, IList<string> npcs, string location, string faction,
+                                               IDictionary<string, object> state)
         {
-            return Say(npc, text, options, onChunk).Completion;
+            if (text == null) throw new ArgumentNullException("text");
+            int targets = (npc != null ? 1 : 0) + (npcs != null ? 1 : 0) + (location != null ? 1 : 0) + (faction != null ? 1 : 0);
+            if (targets > 1) throw new ArgumentException("an event has at most one target: npc, npcs, location or faction");
+            return new GameEvent
+            {
+                Text = text, Session = session, Npc = npc, Npcs = npcs != null ? new List<string>(npcs) : null, Location = location,
+                Faction = faction, State = Message.StateMap(state, "state"),
+            };
+        }
+
+        internal static State StateMessage(IDictionary<string, object> values, IList<string> unset, string session)
+        {
+            return new State
+            {
+                Session = session, Set = Message.StateMap(values, "set") ?? new MsgMap(),
+                Unset = unset != null ? new List<string>(unset) : new List<string>(),
+            };
+        }
+
+        internal static Declare DeclareMessage(IList<ActionSpec> actions, IDictionary<string, FieldSpec> fields, int maxActions, string npc, string session)
+        {
+            var msg = new Declare { Session = session, Npc = npc, MaxActions = maxActions };
+            if (actions != null)
+                foreach (var a in actions)
+                {
+                    if (a == null) throw new ArgumentException("actions: a null ActionSpec");
+                    msg.Actions.Add(new ActionSpec(a.Name, a.Description, (MsgMap)Message.Tree(a.Parameters, "actions." + a.Name + ".parameters")));
+                }
+            if (fields != null)
+                foreach (var kv in fields)
+                {
+                    if (kv.Value == null) throw new ArgumentException("fields." + kv.Key + ": a null FieldSpec");
+                    msg.Fields[kv.Key] = new FieldSpec { Enum = new List<string>(kv.Value.Enum ?? new List<string>()), Description = kv.Value.Description ?? "" };
+                }
+            return msg;
         }
 
         /// <summary>Asks the sidecar to stop stream <paramref name="requestId"/> (it ends with done, finish_reason

@@ -145,14 +145,48 @@ namespace Narrative.Sidecar.Unity
 
         // ---- the client's API with main-thread callbacks ---------------------------------------------------------
 
-        /// <summary>Streams an NPC's line; every callback runs on the main thread (chunks in seq order, then onDone or onError).</summary>
-        public SayStream Say(string npc, string text, SayOptions options, Action<Chunk> onChunk, Action<Done> onDone, Action<SidecarException> onError)
+        /// <summary>Streams an NPC's line; every callback runs on the main thread (chunks in seq order, then the NPC's actions
+        /// when it has a declaration, then onDone or onError).</summary>
+        public SayStream Say(string npc, string text, SayOptions options, Action<Chunk> onChunk, Action<Done> onDone, Action<SidecarException> onError,
+                             Action<NpcAction> onAction = null)
         {
             EnsureClient();
             return _client.Say(npc, text, options,
                 onChunk == null ? (Action<Chunk>)null : c => Post(() => onChunk(c)),
                 onDone == null ? (Action<Done>)null : d => Post(() => onDone(d)),
-                e => Post(() => { if (onError != null) onError(e); else RaiseError(e); }));
+                e => Post(() => { if (onError != null) onError(e); else RaiseError(e); }),
+                onAction == null ? (Action<NpcAction>)null : a => Post(() => onAction(a)));
+        }
+
+        /// <summary>Tells NPCs that something happened (at most one target of npc, npcs, location, faction; none: every NPC);
+        /// onReached gets how many NPCs it reached, on the main thread.</summary>
+        public void SendEvent(string text, string session = null, string npc = null, IList<string> npcs = null, string location = null,
+                              string faction = null, IDictionary<string, object> state = null, Action<long> onReached = null,
+                              Action<SidecarException> onError = null)
+        {
+            EnsureClient();
+            Deliver(_client.EventAsync(text, session, npc, npcs, location, faction, state), onReached, onError);
+        }
+
+        /// <summary>Merges game state (key -> bool, int, float or string) into the session's, then removes the unset keys.</summary>
+        public void SetState(IDictionary<string, object> values, IList<string> unset = null, string session = null, Action onOk = null,
+                             Action<SidecarException> onError = null)
+        {
+            EnsureClient();
+            Deliver(Finished(_client.SetStateAsync(values, unset, session)), _ => { if (onOk != null) onOk(); }, onError);
+        }
+
+        /// <summary>Declares the actions and per-line fields of npc (null: every NPC) in session; declare before the first line.</summary>
+        public void Declare(IList<ActionSpec> actions, IDictionary<string, FieldSpec> fields = null, int maxActions = 1, string npc = null,
+                            string session = null, Action onOk = null, Action<SidecarException> onError = null)
+        {
+            EnsureClient();
+            Deliver(Finished(_client.DeclareAsync(actions, fields, maxActions, npc, session)), _ => { if (onOk != null) onOk(); }, onError);
+        }
+
+        static Task<bool> Finished(Task t)
+        {
+            return t.ContinueWith(x => { if (x.IsFaulted) throw x.Exception.InnerException; return true; });
         }
 
         /// <summary>Stops a line in progress (it ends with onDone, FinishReason "cancelled").</summary>
@@ -172,8 +206,7 @@ namespace Narrative.Sidecar.Unity
         public void ResetConversation(string npc, string session, Action onOk = null, Action<SidecarException> onError = null)
         {
             EnsureClient();
-            Deliver(_client.ResetAsync(npc, session).ContinueWith(t => { if (t.IsFaulted) throw t.Exception.InnerException; return true; }),
-                _ => { if (onOk != null) onOk(); }, onError);
+            Deliver(Finished(_client.ResetAsync(npc, session)), _ => { if (onOk != null) onOk(); }, onError);
         }
 
         public void LoreQuery(string text, string npc, Action<LoreResult> onResult, Action<SidecarException> onError = null)

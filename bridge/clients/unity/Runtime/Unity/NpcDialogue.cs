@@ -1,13 +1,16 @@
 // One NPC the player can talk to: streams its lines through the scene's NarrativeSidecar, on the main thread.
 
 using System;
+using System.Collections.Generic;
 using UnityEngine;
 
 namespace Narrative.Sidecar.Unity
 {
     /// <summary>Put on an NPC. <see cref="Say"/> sends the player's line; <see cref="ChunkReceived"/> fires as the NPC's
-    /// line streams in (with the text so far), then <see cref="LineFinished"/> or <see cref="LineFailed"/>. All events
-    /// run on the main thread, so they may touch UI directly. A new line interrupts the one in progress.</summary>
+    /// line streams in (with the text so far), then <see cref="ActionReceived"/> for each action the NPC takes (when its
+    /// actions are declared: NarrativeSidecar.Declare), then <see cref="LineFinished"/> (the done's Fields hold the declared
+    /// per-line fields) or <see cref="LineFailed"/>. All events run on the main thread, so they may touch UI directly.
+    /// A new line interrupts the one in progress.</summary>
     [AddComponentMenu("Narrative/NPC Dialogue")]
     public sealed class NpcDialogue : MonoBehaviour
     {
@@ -24,6 +27,8 @@ namespace Narrative.Sidecar.Unity
 
         /// <summary>(the new chunk, the line so far).</summary>
         public event Action<Chunk, string> ChunkReceived;
+        /// <summary>An action the NPC takes at the end of its line: a declared name, arguments valid for its schema.</summary>
+        public event Action<NpcAction> ActionReceived;
         public event Action<Done> LineFinished;
         public event Action<SidecarException> LineFailed;
 
@@ -43,13 +48,14 @@ namespace Narrative.Sidecar.Unity
             }
         }
 
-        /// <summary>Sends the player's line (as data: never interpreted) and streams the NPC's answer.</summary>
-        public void Say(string playerLine)
+        /// <summary>Sends the player's line (as data: never interpreted) and streams the NPC's answer. state: game state merged
+        /// into the session's first (key -> bool, int, float or string), or null.</summary>
+        public void Say(string playerLine, IDictionary<string, object> state = null)
         {
             Interrupt();
             CurrentLine = "";
             SayStream stream = null;
-            var options = new SayOptions { Session = string.IsNullOrEmpty(session) ? null : session, MaxTokens = maxTokens };
+            var options = new SayOptions { Session = string.IsNullOrEmpty(session) ? null : session, MaxTokens = maxTokens, State = state };
             stream = Sidecar.Say(npcId, playerLine, options,
                 chunk =>
                 {
@@ -68,6 +74,11 @@ namespace Narrative.Sidecar.Unity
                     if (stream != _current) return;
                     if (LineFailed != null) LineFailed(error);
                     else Debug.LogWarning("[narrative] " + npcId + ": " + error.Message, this);
+                },
+                action =>
+                {
+                    if (stream != _current) return;
+                    if (ActionReceived != null) ActionReceived(action);
                 });
             _current = stream;
         }
