@@ -3,7 +3,9 @@
 1. index ``samples/lore`` into the state dir (only changed files are re-embedded);
 2. start ``narrative serve`` as a child process (a real sidecar on ZeroMQ);
 3. a scripted client talks to two NPCs, three turns each, printing each line as
-   it streams and one line of figures per turn (TTFT, tokens/s, lore used);
+   it streams and one line of figures per turn (TTFT, tokens/s, lore used); the
+   first NPC has game actions and an ``emotion`` field declared and hears a game
+   event before the second line (its actions and fields are printed);
 4. stop the sidecar;
 5. a build-time batch run: quest text for the first ``--batch-quests`` specs in
    ``samples/quests`` (``narrative batch``: incremental, so a rerun skips them).
@@ -31,6 +33,16 @@ SCRIPT: dict[str, list[str]] = {
         "What would happen if someone jammed the sluices?",
     ],
 }
+
+
+ACTIONS = [  # what the first NPC may do (PROTOCOL.md "Game events, state and NPC actions")
+    {"name": "give_item", "description": "Hand the player something from behind the bar.",
+     "parameters": {"type": "object", "properties": {"item": {"type": "string", "enum": ["ale", "room key", "bluewick oil"]}},
+                    "required": ["item"]}},
+    {"name": "open_shop", "description": "Show the player what the inn sells.", "parameters": {"type": "object", "properties": {}}},
+]
+FIELDS = {"emotion": {"enum": ["neutral", "warm", "wary", "amused"]}}
+EVENT = "The player put five silver marks on the bar."
 
 
 def _wait_ready(client, proc: subprocess.Popen, timeout_s: float):
@@ -76,18 +88,27 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"   ready: {ready.server}, models {ready.models}, {len(ready.npcs)} NPCs, n_ctx {ready.limits['n_ctx']}")
             npcs = args.npcs or list(SCRIPT)
             print("== 3. conversations", flush=True)
-            for npc in npcs:
+            for n, npc in enumerate(npcs):
                 lines = SCRIPT.get(npc, ["Hello. Who are you?", "What do you do here?", "What worries you these days?"])
                 session = f"demo-{time.time_ns()}"
                 print(f"\n--- {npc} ---")
-                for line in lines:
+                if n == 0:
+                    client.declare(ACTIONS, fields=FIELDS, npc=npc, session=session)
+                    print(f"   (declared for {npc}: {', '.join(a['name'] for a in ACTIONS)}; field emotion)")
+                for i, line in enumerate(lines):
+                    if n == 0 and i == 1:
+                        client.event(EVENT, npc=npc, session=session)
+                        print(f"   (game event: {EVENT})")
                     print(f"player> {line}")
                     print(f"{npc}> ", end="", flush=True)
                     for msg in client.say(npc, line, session=session, seed=7):
                         if msg.type == "chunk":
                             print(msg.text, end="", flush=True)
+                        elif msg.type == "action":
+                            print(f"\n   [action {msg.name} {msg.args}]", end="")
                         else:
-                            print(f"\n   [{summarize_done(msg)}]")
+                            fields = f", fields {msg.fields}" if msg.fields else ""
+                            print(f"\n   [{summarize_done(msg)}{fields}]")
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

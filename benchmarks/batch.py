@@ -9,8 +9,9 @@ one quest's JSON through `narrative.llm.generate_json` (llama-cpp-python's
 ``grammar=`` sampling, the grammar applied to the whole vocabulary every step)
 against the same sampler chain, seed and number of tokens without a grammar
 (free text, not JSON), and prints the tokens/s ratio.
-With ``--parallel N`` the same quests also run with ``narrative batch --parallel N``
-(N sequences of one batched context) right after, and both columns are printed.
+With ``--parallel N`` the same quests also run on the batched decoder with one sequence
+and with ``narrative batch --parallel N`` (N sequences of one batched context), and the
+three rows are printed: the first two differ by the decoder, the last two by batching.
 Absolute numbers depend on the machine's load; compare ratios.
 """
 
@@ -51,18 +52,20 @@ def main() -> int:
     opts = BatchOptions(retries=0, max_chars=args.max_chars, quality_gate=not args.model)  # a random-weight fixture writes gibberish
     with tempfile.TemporaryDirectory() as tmp:
         summ = run_batch(ROOT / "samples" / "quests", Path(tmp), s.batch_model, opts, lore, only=specs, progress=False)
-    par = None
-    if args.parallel > 1:
-        with tempfile.TemporaryDirectory() as tmp:
-            par = run_batch(ROOT / "samples" / "quests", Path(tmp), s.batch_model, opts, lore, only=specs, progress=False, parallel=args.parallel)
+    runs = []
+    if args.parallel > 1:  # the batched decoder alone (1 sequence), then N sequences: batching's share of the gain
+        for n, batched in ((1, True), (args.parallel, True)):
+            with tempfile.TemporaryDirectory() as tmp:
+                runs.append((n, "batched", run_batch(ROOT / "samples" / "quests", Path(tmp), s.batch_model, opts, lore, only=specs,
+                                                     progress=False, parallel=n, batched=batched)))
     gen_s = summ.prefill_s + summ.decode_s
-    if par is not None:
-        print("| --parallel | quests generated / failed | wall s | quests/min | completion tokens | tokens/s (wall) |")
-        print("|---:|---|---:|---:|---:|---:|")
-        for n, x in ((1, summ), (args.parallel, par)):
-            print(f"| {n} | {x.generated} / {x.failed} | {x.wall_s:.1f} | {60 * x.generated / x.wall_s:.2f} | {x.completion_tokens} | "
+    if runs:
+        print("| --parallel | decoder | quests generated / failed | wall s | quests/min | completion tokens | tokens/s (wall) |")
+        print("|---:|---|---|---:|---:|---:|---:|")
+        for n, dec, x in [(1, "one at a time (Llama.generate)", summ)] + runs:
+            print(f"| {n} | {dec} | {x.generated} / {x.failed} | {x.wall_s:.1f} | {60 * x.generated / x.wall_s:.2f} | {x.completion_tokens} | "
                   f"{x.completion_tokens / x.wall_s:.1f} |")
-        print(f"\nquests/min ratio: {(par.generated / par.wall_s) / (summ.generated / summ.wall_s):.2f}x\n" if summ.generated and par.generated else "")
+        print()
     rows = [
         ("model", Path(s.batch_model.path).name if not s.batch_model.path.startswith("bundled:") else s.batch_model.path),
         ("quests generated / failed", f"{summ.generated} / {summ.failed}"),

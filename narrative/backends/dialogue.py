@@ -172,7 +172,7 @@ class RemoteDialogueEngine:
         lore_text = "".join(render_entry(p.entry) + "\n\n" for p in sel.turn)
         if lore_text:
             lore_text = "What you know that bears on this:\n" + lore_text
-        user = TURN_TEMPLATE.format(lore=lore_text, line=line)
+        user = TURN_TEMPLATE.format(events="", lore=lore_text, line=line)
         s = self.sampling
         max_tokens = max_tokens or s.max_tokens
         first = 0

@@ -53,6 +53,7 @@ class RemoteQuestGenerator(QuestGenerator):
         self.entries = entries
         self.model_settings = model_settings
         self.router = router or Router.from_settings("batch", model_settings.endpoints)
+        self.parallel, self.batched = 1, False  # the endpoints' servers batch what they are sent (--concurrency)
         self._fingerprint: str | None = None
         self._model_id: str | None = None
         self._model = None

@@ -121,7 +121,8 @@ class QuestGenerator:
         entries: the lore catalog (entry id -> entry), e.g. ``LoreIndex.entries`` after a sync.
     """
 
-    def __init__(self, model_settings: ModelSettings, options: BatchOptions, entries: Mapping[str, LoreEntry], parallel: int = 1) -> None:
+    def __init__(self, model_settings: ModelSettings, options: BatchOptions, entries: Mapping[str, LoreEntry], parallel: int = 1,
+                 batched: bool | None = None) -> None:
         from narrative.llm import resolve_model_path
 
         if parallel < 1:
@@ -130,6 +131,7 @@ class QuestGenerator:
         self.entries = entries
         self.model_settings = model_settings
         self.parallel = parallel
+        self.batched = parallel > 1 if batched is None else batched  # the batched decoder (benchmarks compare it at 1)
         self.model_path = resolve_model_path(self.model_settings.path)
         self._fingerprint: str | None = None
         self._model = None
@@ -199,7 +201,7 @@ class QuestGenerator:
             model=self.fingerprint(),
             settings=self.settings_digest(opts),
             prompt_version=PROMPT_VERSION,
-            generator=JSON_GENERATOR if self.parallel == 1 else BATCHED_GENERATOR,
+            generator=BATCHED_GENERATOR if self.batched else JSON_GENERATOR,
             seed=self.seed_of(opts),
         )
 
@@ -231,7 +233,7 @@ class QuestGenerator:
         if budget < 16:
             result.error = f"prompt of {len(tokens)} tokens leaves no room in n_ctx {model.n_ctx}"
             return result
-        if self.parallel > 1:
+        if self.batched:
             return self.best_of(spec, opts, key, model.name, budget, lambda seed: self._batched(tokens, schema, opts.params(seed), budget), result)
         return self.best_of(spec, opts, key, model.name, budget, lambda seed: generate_json(model, tokens, schema, opts.params(seed), max_tokens=budget), result)
 

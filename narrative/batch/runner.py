@@ -151,6 +151,7 @@ def run_batch(
     progress: bool = True,
     on_item: Callable[[ItemResult], None] | None = None,
     parallel: int = 1,
+    batched: bool | None = None,
 ) -> BatchSummary:
     """Generate every spec under `specs_dir` into `out` (``quests/<id>.json``, ``manifest.json``,
     ``report.md``, ``report.json``).
@@ -164,6 +165,7 @@ def run_batch(
         on_item: called after each item is finished (written and recorded) or failed.
         parallel: items decoded at once as sequences of one batched context (`narrative.batch.generator`:
             texts differ from ``parallel`` 1, which is the one-at-a-time path; the manifest tells them apart).
+        batched: force the batched decoder on (also at ``parallel`` 1) or off; None: on when ``parallel`` > 1.
 
     Raises:
         FileNotFoundError: `specs_dir` or the lore folder does not exist.
@@ -176,7 +178,7 @@ def run_batch(
     lock = None if dry_run else lock_output(out)  # a dry run only reads `out` (it may not even exist yet)
     try:
         manifest = Manifest.load(out / "manifest.json")
-        gen = QuestGenerator(model_settings, options, entries, parallel=parallel)
+        gen = QuestGenerator(model_settings, options, entries, parallel=parallel, batched=batched)
         plan = plan_batch(specs, gen, manifest, out, force)
         spec_ids = {s.spec.id for s in specs}
         orphans = sorted(p.stem for p in (out / "quests").glob("*.json") if p.stem not in spec_ids) if not only else []

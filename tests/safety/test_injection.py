@@ -38,7 +38,7 @@ class FakeRetriever:
     def prefix(self, npc_id: str) -> list[Pick]:
         return [Pick(entry=self.npc, score=1.0, why="card", tokens=10)]
 
-    def select(self, npc_id, line, history=(), exclude=()):
+    def select(self, npc_id, line, history=(), exclude=(), state=None):
         return Selection(turn=[Pick(entry=self.lore, score=1.0, why="key:x", tokens=10)])
 
 
