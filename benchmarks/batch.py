@@ -13,11 +13,21 @@ With ``--parallel N`` the same quests also run on the batched decoder with one s
 and with ``narrative batch --parallel N`` (N sequences of one batched context), and the
 three rows are printed: the first two differ by the decoder, the last two by batching.
 Absolute numbers depend on the machine's load; compare ratios.
+Each row is printed as soon as its run ends, the N-sequence run first (a run cut short by a
+time limit still leaves the rows before it). ``--gpu PRESET`` takes the batch model's settings
+from a `narrative.presets` preset (all layers on the GPU, its KV type and n_batch), with
+``--n-ctx`` tokens per item; "load s" is the model's load, part of the wall time
+(quests/min without it in the next column).
+
+    python benchmarks/batch.py --quests 16 --parallel 16 --max-chars 60 --model M35.gguf --gpu qwen3.5-35b-a3b-batch --threads 8
 """
 
 from __future__ import annotations
 
+import llama_cpp  # noqa: F401  (before anything imports numpy: CUDA builds crash otherwise)
+
 import argparse
+import logging
 import sys
 import tempfile
 import time
@@ -35,6 +45,8 @@ def main() -> int:
     ap.add_argument("--compare-grammar", action="store_true")
     ap.add_argument("--parallel", type=int, default=1, help="also run the quests with --parallel N, side by side")
     ap.add_argument("--model", help="batch model GGUF (default: the bundled SmolLM2)")
+    ap.add_argument("--gpu", metavar="PRESET", help="the batch model's settings from this preset (e.g. qwen3.5-35b-a3b-batch: all layers on the GPU); needs --model")
+    ap.add_argument("--n-ctx", type=int, default=8192, help="with --gpu: context of one item (--parallel N gives N times this)")
     args = ap.parse_args()
 
     from lore.loader import load_catalog as read_lore_files
@@ -47,25 +59,49 @@ def main() -> int:
     s.batch_model.n_threads = args.threads
     if args.model:
         s.batch_model.path = args.model
+    if args.gpu:
+        from narrative.presets import preset_settings
+        from narrative.settings import ModelSettings
+
+        if not args.model:
+            ap.error("--gpu needs --model")
+        s.batch_model = ModelSettings(**{**preset_settings(args.gpu, args.model, n_ctx=args.n_ctx, n_seq_max=1), "n_threads": args.threads})
+        print(f"batch model settings: {s.batch_model.model_dump()}", file=sys.stderr, flush=True)
+    loads: list[float] = []
+
+    class _LoadTime(logging.Handler):  # QuestGenerator logs "batch model %s loaded in %.2f s"
+        def emit(self, rec: logging.LogRecord) -> None:
+            if str(rec.msg).startswith("batch model") and rec.args:
+                loads.append(float(rec.args[-1]))
+
+    glog = logging.getLogger("narrative.batch.generator")
+    glog.addHandler(_LoadTime())
+    glog.setLevel(logging.INFO)
     lore = read_lore_files(ROOT / "samples" / "lore")
     specs = [sf.spec.id for sf in load_specs(ROOT / "samples" / "quests")[0]][: args.quests]
     opts = BatchOptions(retries=0, max_chars=args.max_chars, quality_gate=not args.model)  # a random-weight fixture writes gibberish
-    with tempfile.TemporaryDirectory() as tmp:
-        summ = run_batch(ROOT / "samples" / "quests", Path(tmp), s.batch_model, opts, lore, only=specs, progress=False)
-    runs = []
-    if args.parallel > 1:  # the batched decoder alone (1 sequence), then N sequences: batching's share of the gain
-        for n, batched in ((1, True), (args.parallel, True)):
-            with tempfile.TemporaryDirectory() as tmp:
-                runs.append((n, "batched", run_batch(ROOT / "samples" / "quests", Path(tmp), s.batch_model, opts, lore, only=specs,
-                                                     progress=False, parallel=n, batched=batched)))
-    gen_s = summ.prefill_s + summ.decode_s
-    if runs:
-        print("| --parallel | decoder | quests generated / failed | wall s | quests/min | completion tokens | tokens/s (wall) |")
-        print("|---:|---|---|---:|---:|---:|---:|")
-        for n, dec, x in [(1, "one at a time (Llama.generate)", summ)] + runs:
-            print(f"| {n} | {dec} | {x.generated} / {x.failed} | {x.wall_s:.1f} | {60 * x.generated / x.wall_s:.2f} | {x.completion_tokens} | "
-                  f"{x.completion_tokens / x.wall_s:.1f} |")
+    # the N-sequence run first, then the batched decoder at 1 sequence, then today's path: each row printed when it ends
+    plan = [(args.parallel, True), (1, True), (1, None)] if args.parallel > 1 else [(1, None)]
+    if args.parallel > 1:
+        print("| --parallel | decoder | quests generated / failed | wall s | load s | quests/min | quests/min without the load | completion tokens | tokens/s (wall) |")
+        print("|---:|---|---|---:|---:|---:|---:|---:|---:|", flush=True)
+    summ = None
+    for n, batched in plan:
+        k = len(loads)
+        with tempfile.TemporaryDirectory() as tmp:
+            x = run_batch(ROOT / "samples" / "quests", Path(tmp), s.batch_model, opts, lore, only=specs, progress=False,
+                          **(dict(parallel=n, batched=batched) if batched else {}))
+        if batched is None:
+            summ = x
+        if args.parallel > 1:
+            ld = sum(loads[k:])
+            dec = "batched" if batched else "one at a time (Llama.generate)"
+            print(f"| {n} | {dec} | {x.generated} / {x.failed} | {x.wall_s:.1f} | {ld:.1f} | {60 * x.generated / x.wall_s:.2f} | "
+                  f"{60 * x.generated / (x.wall_s - ld) if x.wall_s > ld else float('nan'):.2f} | {x.completion_tokens} | "
+                  f"{x.completion_tokens / x.wall_s:.1f} |", flush=True)
+    if args.parallel > 1:
         print()
+    gen_s = summ.prefill_s + summ.decode_s
     rows = [
         ("model", Path(s.batch_model.path).name if not s.batch_model.path.startswith("bundled:") else s.batch_model.path),
         ("quests generated / failed", f"{summ.generated} / {summ.failed}"),

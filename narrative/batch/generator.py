@@ -138,6 +138,7 @@ class QuestGenerator:
         self._scheduler = None
         self._keys = iter(range(1 << 62))
         self._keys_lock = threading.Lock()
+        self._load_lock = threading.Lock()
         self._vocab: set[str] | None = None
 
     def seed_of(self, opts: BatchOptions | None = None) -> int:
@@ -148,6 +149,13 @@ class QuestGenerator:
     def model(self):
         """The batch `LlamaModel`, loaded on first use (its own llama.cpp instance; the dialogue model stays free)."""
         if self._model is None:
+            with self._load_lock:  # --parallel N: N worker threads ask at once; one load
+                if self._model is None:
+                    self._load()
+        return self._model
+
+    def _load(self) -> None:
+        if self._model is None:
             from narrative.llm import LlamaModel
 
             t = time.perf_counter()
@@ -156,7 +164,6 @@ class QuestGenerator:
                 ms = ms.model_copy(update={"n_seq_max": self.parallel, "n_ctx": ms.n_ctx * self.parallel})
             self._model = LlamaModel(ms)
             log.info("batch model %s loaded in %.2f s", self._model.name, time.perf_counter() - t)
-        return self._model
 
     def close(self) -> None:
         if self._scheduler is not None:

@@ -164,3 +164,32 @@ def test_kill_9_mid_run_then_rerun_redoes_nothing_finished(tmp_path, moe_path):
     assert rerun.failed == 0
     assert len(read_quests(out)) == 6
     assert_consistent(out, specs)
+
+
+def test_parallel_workers_load_the_model_once(monkeypatch, moe_path) -> None:
+    """--parallel N: the N worker threads ask for the model at once; it is loaded once (on the H200, 16
+    concurrent loads of the 35B-A3B shape took 128 GiB of GPU memory and failed)."""
+    import threading
+
+    import narrative.llm
+    from narrative.settings import ModelSettings
+
+    loads = []
+
+    class SlowModel:
+        name = "fake"
+
+        def __init__(self, ms) -> None:
+            loads.append(ms)
+            time.sleep(0.2)
+
+    monkeypatch.setattr(narrative.llm, "LlamaModel", SlowModel)
+    gen = QuestGenerator(ModelSettings(path=str(moe_path)), BatchOptions(**OPTIONS), {}, parallel=8)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(gen.model)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == 1 and len({id(m) for m in got}) == 1
+    assert loads[0].n_seq_max == 8
