@@ -76,7 +76,9 @@ def select_lore(spec: QuestSpec, entries: Mapping[str, LoreEntry], budget: int) 
     """(named, triggered): entries the spec names by id, then entries whose keys occur in the spec text.
 
     Named entries are always included; triggered ones (highest ``order`` first,
-    then id) while the approximate token `budget` lasts.
+    then id) while the approximate token `budget` lasts. An entry with a ``when``
+    (game-state condition, `lore.conditions`) is never triggered: build time has no
+    game state, so what holds only in some states stays out unless a spec names it.
 
     Raises:
         UnknownEntry: a named id is missing or disabled (the message lists the id and the field).
@@ -93,7 +95,8 @@ def select_lore(spec: QuestSpec, entries: Mapping[str, LoreEntry], budget: int) 
         raise UnknownEntry(f"giver: quest {spec.id!r}: giver {spec.giver!r} is a {named[0].kind.value}, not an npc entry", ("giver",))
     used = sum(approx_tokens(render_entry(e, speaker=e.id == spec.giver)) for e in named)
     text = spec_text(spec)
-    hits = [e for e in entries.values() if not e.disabled and e.id not in {n.id for n in named} and key_match(e.all_keys(), text)]
+    hits = [e for e in entries.values()
+            if not e.disabled and e.when is None and e.id not in {n.id for n in named} and key_match(e.all_keys(), text)]
     hits.sort(key=lambda e: (-e.order, e.id))
     triggered: list[LoreEntry] = []
     for e in hits:
