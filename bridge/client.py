@@ -81,12 +81,23 @@ class SidecarClient:
     # ---- raw -------------------------------------------------------------
 
     def send(self, msg: p._Msg) -> str:
-        self.sock.send(p.encode(msg))
+        """Queue `msg` for the sidecar. Raises `SidecarTimeout` when it cannot even be queued in ``timeout_s``."""
+        self._send(p.encode(msg))
         return msg.id
 
     def send_raw(self, payload: bytes) -> None:
         """Send any bytes as one frame (for tests of bad input)."""
-        self.sock.send(payload)
+        self._send(payload)
+
+    def _send(self, frame: bytes) -> None:
+        # A DEALER's send blocks while it has no usable peer (a refused CurveZMQ handshake, a full queue):
+        # wait for room at most timeout_s instead of forever.
+        if not self.sock.poll(int(self.timeout_s * 1000), zmq.POLLOUT):
+            raise SidecarTimeout(f"could not send to the sidecar at {self.endpoint} in {self.timeout_s:.0f} s (is `narrative serve` running?)")
+        try:
+            self.sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:  # the peer went away between the poll and the send
+            raise SidecarTimeout(f"could not send to the sidecar at {self.endpoint}") from None
 
     def recv(self, request_id: str | None = None, timeout_s: float | None = None):
         """Next message (for `request_id`, if given; others are kept for later).

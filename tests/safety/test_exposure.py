@@ -61,3 +61,24 @@ def test_curve_lets_only_allow_listed_clients_in(tmp_path):
     finally:
         st.stop()
     assert st.error is None, st.error
+
+
+def test_a_send_that_cannot_be_queued_times_out_instead_of_blocking():
+    """A DEALER blocks on send while it has no usable peer (ZMQ_IMMEDIATE here stands in for a refused
+    handshake or a full queue): the client gives up after its timeout_s with `SidecarTimeout`."""
+    import time
+
+    import zmq
+
+    c = SidecarClient("tcp://127.0.0.1:1", timeout_s=0.5)  # nobody listens there
+    c.sock.close(linger=0)
+    c.sock = c._ctx.socket(zmq.DEALER)
+    c.sock.setsockopt(zmq.IMMEDIATE, 1)  # no pipe until a connection completes
+    c.sock.connect(c.endpoint)
+    t = time.monotonic()
+    try:
+        with pytest.raises(SidecarTimeout, match="could not send"):
+            c.ping()
+    finally:
+        c.close()
+    assert time.monotonic() - t < 5
