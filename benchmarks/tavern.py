@@ -229,7 +229,7 @@ def cached(model: LlamaModel, lore_tokens: int, n_conv: int, turns: int, gen: in
              ttft_p50_ms=round(pct(ttfts, 50), 1), ttft_p99_ms=round(pct(ttfts, 99), 1), ttft_max_ms=round(max(ttfts), 1),
              aggregate_tok_s=round(n_tok / wall, 2), ram_mib=round(tv.eng.ram_bytes() / 2**20, 1),
              engine_ms={k: round(getattr(tv.eng.stats, k), 1) for k in ("decode_ms", "prefill_ms", "checkpoint_ms", "sample_ms")},
-             state_buffers_allocated=tv.model._state_pool.allocated)
+             state_buffers_allocated=tv.model.state_buffer_counts()["checkpoint_allocated"])
     rows.append(r)
     print(f"\n### turns with a cached prefix: {model.name}, {n_conv} conversations at one NPC, prefix {len(prefix):,} tokens, {gen} tokens per reply\n")
     print("| first prefill s | join TTFT ms (shared prefix), max | turns | TTFT p50 ms | TTFT p99 ms | aggregate tok/s |\n|---:|---:|---:|---:|---:|---:|")

@@ -112,6 +112,11 @@ def _release(data) -> None:
         data.release()
 
 
+def _held_bytes(data) -> int:
+    """Host RAM a state holds: a pooled buffer's whole capacity, else its length."""
+    return data.capacity if isinstance(data, StateBuffer) else len(data)
+
+
 @dataclass
 class Checkpoint:
     """The recurrent state after the first ``n_tokens`` tokens of a conversation.
@@ -291,6 +296,8 @@ class ContextEngine:
         self.active: list[ActiveTurn] = []  # turns begun and not finished, in admission order
         chunk = self.settings.prefill_chunk or model.n_batch
         self.prefill_chunk = max(1, min(chunk, model.n_batch))
+        # free snapshot buffers kept for the next eviction: at most the RAM store's size, and 4 GiB
+        model.keep_free_snapshot_bytes(min(self.settings.ram_mib << 20, 4 << 30))
 
     # ---- bookkeeping -----------------------------------------------------
 
@@ -299,7 +306,7 @@ class ContextEngine:
         conv.last_used = self._clock
 
     def _ram_used(self) -> int:
-        return sum(len(c.snapshot) for c in self.convs.values() if c.snapshot is not None)
+        return sum(_held_bytes(c.snapshot) for c in self.convs.values() if c.snapshot is not None)
 
     def ram_bytes(self) -> int:
         """Bytes held in RAM: snapshots of cold conversations + checkpoints of all."""
@@ -332,8 +339,8 @@ class ContextEngine:
         budget = self.settings.ram_mib << 20
         if conv.tokens and budget:
             data = self.model.state_get(seq, partial=False)
-            if len(data) <= budget:
-                while self._ram_used() + len(data) > budget:
+            if _held_bytes(data) <= budget:
+                while self._ram_used() + _held_bytes(data) > budget:
                     victim = min((c for c in self.convs.values() if c.snapshot is not None), key=lambda c: c.last_used)
                     log.info("RAM store full: dropping the snapshot of %s (%d bytes)", victim.key, len(victim.snapshot or b""))
                     self._drop(victim)
@@ -341,6 +348,7 @@ class ContextEngine:
                 self.stats.snapshots_saved += 1
             else:
                 log.info("snapshot of %s (%d MiB) exceeds the RAM store (%d MiB): dropped", conv.key, len(data) >> 20, self.settings.ram_mib)
+                _release(data)
         if conv.snapshot is None:
             self._drop(conv)
         self.model.seq_clear(seq)

@@ -76,11 +76,15 @@ class StateTimer:
         return sum(x[2] for x in xs) / MiB, sum(x[3] for x in xs)
 
 
-def scenario(model: LlamaModel, L: int, n_seq: int, gen: int, ram_mib: int, tm: StateTimer, deadline: float) -> dict:
+def scenario(model: LlamaModel, L: int, n_seq: int, gen: int, ram_mib: int, tm: StateTimer, deadline: float,
+             pool: bool = True, churn: int = 0) -> dict:
     fmt = model.format
     for s in range(model.n_seq_max):
         model.seq_clear(s)
     eng = ContextEngine(model, ContextSettings(ram_mib=ram_mib))
+    if not pool:  # as before 2026-12-02: every full-state save into a freshly allocated buffer
+        model.keep_free_snapshot_bytes(0)
+    buffers0 = model.state_buffer_counts()
     names = NAMES[: n_seq + 1]
     prefix: dict[str, list[int]] = {}
     hist: dict[str, list[int]] = {}
@@ -124,7 +128,8 @@ def scenario(model: LlamaModel, L: int, n_seq: int, gen: int, ram_mib: int, tm: 
         said[k] += 1
         return row(phase, k, g, c0)
 
-    print(f"\n### {L:,} lore tokens per NPC ({len(prefix[names[0]]):,}-token prefix), {n_seq} sequences, {len(names)} NPCs, {gen} tokens per reply\n")
+    print(f"\n### {L:,} lore tokens per NPC ({len(prefix[names[0]]):,}-token prefix), {n_seq} sequences, {len(names)} NPCs, {gen} tokens per reply, "
+          f"snapshot buffers {'pooled' if pool else 'fresh per save (pool off)'}\n")
     print("| phase | NPC | TTFT ms | tokens decoded | tokens reused | snapshots saved / loaded | full-state saves | full-state loads | decode tok/s |")
     print("|---|---|---:|---:|---:|---|---|---|---:|", flush=True)
     mark(f"L{L}_fill")
@@ -133,7 +138,7 @@ def scenario(model: LlamaModel, L: int, n_seq: int, gen: int, ram_mib: int, tm: 
     mark(f"L{L}_hot")
     for k in names[:n_seq]:
         turn("2 hot", k)
-    out: dict = dict(lore=L, prefix_tokens=len(prefix[names[0]]), n_seq=n_seq)
+    out: dict = dict(lore=L, prefix_tokens=len(prefix[names[0]]), n_seq=n_seq, pool=pool)
     if time.time() > deadline:
         out["stopped"] = "deadline after the hot turns"
         out["rows"] = rows
@@ -214,6 +219,17 @@ def scenario(model: LlamaModel, L: int, n_seq: int, gen: int, ram_mib: int, tm: 
           f"(warm), load back {parts['set_ms']} ms (ok {parts['set_ok']})", flush=True)
     # the same NPC's next turn after the load: the state still holds (a wrong state would re-decode or fail)
     turn("7 after the parts (state loaded back)", names[2])
+    # 8. churn: the coldest NPC comes back, evicting the least recently used, `churn` times (a busy tavern);
+    # from the second on, a save can reuse the buffer the previous return's load gave back
+    for i in range(churn):
+        k = min((c for c in eng.convs.values() if c.seq is None and c.snapshot is not None), key=lambda c: c.last_used).key
+        turn(f"8 churn {i + 1}: return of {k}", k)
+    churn_rows = [r for r in rows if r["phase"].startswith("8 churn")]
+    if churn_rows:
+        out["churn"] = dict(returns=len(churn_rows), ttft_ms_median=round(statistics.median(r["ttft_ms"] for r in churn_rows), 1),
+                            save_ms_median=round(statistics.median(r["save_ms"] for r in churn_rows), 1),
+                            load_ms_median=round(statistics.median(r["load_ms"] for r in churn_rows), 1),
+                            buffers={k: v - buffers0[k] for k, v in model.state_buffer_counts().items() if k.startswith("snapshot")})
     out["rows"] = rows
     out["stats"] = {k: v for k, v in vars(eng.stats).items() if isinstance(v, int)}
     out["ram_mib"] = round(eng.ram_bytes() / MiB, 1)
@@ -242,6 +258,10 @@ def main() -> int:
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--churn", type=int, default=0, help="returns of the coldest NPC after the scenario (phase 8)")
+    ap.add_argument("--pool", choices=["on", "off", "both"], default="on",
+                    help="full-state snapshot buffers pooled (on, the engine's default), fresh per save (off, as before), "
+                         "or both: each lore size off then on, side by side in this run")
     a = ap.parse_args()
     lores = [int(x) for x in a.lore.split(",")]
     per_seq = max(lores) + 3072
@@ -268,7 +288,14 @@ def main() -> int:
                 print(f"\n(deadline: the {L:,}-token scenario was not run)", flush=True)
                 res["scenarios"].append(dict(lore=L, stopped="deadline before it"))
                 continue
-            res["scenarios"].append(scenario(model, L, a.n_seq, a.gen, a.ram_mib, tm, deadline))
+            modes = {"on": [True], "off": [False], "both": [False, True]}[a.pool]
+            runs = [scenario(model, L, a.n_seq, a.gen, a.ram_mib, tm, deadline, pool=m, churn=a.churn) for m in modes]
+            res["scenarios"].extend(runs)
+            if len(runs) == 2 and all("churn" in r for r in runs):
+                off, on = runs[0]["churn"], runs[1]["churn"]
+                print(f"\nchurn at {L:,} lore tokens ({on['returns']} returns each): return TTFT median {off['ttft_ms_median']:,.1f} ms fresh "
+                      f"vs {on['ttft_ms_median']:,.1f} ms pooled ({off['ttft_ms_median'] / max(on['ttft_ms_median'], 1e-9):.2f}x); save median "
+                      f"{off['save_ms_median']:,.1f} vs {on['save_ms_median']:,.1f} ms; buffers pooled run {on['buffers']}", flush=True)
             res["state_calls"] = tm.log
             if a.json:
                 a.json.write_text(json.dumps(res, indent=1))

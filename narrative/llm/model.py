@@ -222,27 +222,66 @@ class StateBuffer:
 
 
 class _StatePool:
-    """Free `StateBuffer`s by capacity. Checkpoints of one model all have the same size,
-    so after the first turns every checkpoint reuses a buffer whose pages are already mapped."""
+    """Free `StateBuffer`s by capacity, reused so that a state is written into pages that are
+    already mapped. A fresh 512 MiB ctypes buffer costs 250-2,000 ms to allocate and zero on our
+    2-core machine, a write into a warm one ~20 ms (measured 2026-12-02); the H200 host spent ~80%
+    of a full-state save on it (docs/batching-h200.md, "Returning to an NPC from the RAM store").
 
-    def __init__(self, keep: int) -> None:
+    Two uses (see `LlamaModel.state_get`):
+
+    - exact (``slack=0``): recurrent-state checkpoints, which all have one size per model;
+    - with headroom (``slack>0``): full sequence states (snapshots), whose size grows with the
+      tokens held (a conversation evicted after its turn is larger than the one whose load just
+      freed a buffer). A new buffer gets ``1 + slack`` times the size, rounded up to 1/32 of its
+      power of two; a free buffer up to ``1 + 2 * slack`` times the size is taken.
+
+    `keep`: free buffers kept per capacity; `keep_bytes`: free bytes kept in all (None: no limit).
+    """
+
+    def __init__(self, keep: int, *, slack: float = 0.0, keep_bytes: int | None = None) -> None:
         self.keep = keep
+        self.slack = slack
+        self.keep_bytes = keep_bytes
         self.free: dict[int, list[StateBuffer]] = {}
         self.allocated = 0  # buffers created (a counter for tests and stats)
+        self.reused = 0  # takes served from a free buffer
+
+    def free_bytes(self) -> int:
+        return sum(cap * len(bufs) for cap, bufs in self.free.items())
+
+    @staticmethod
+    def rounded(size: int) -> int:
+        """`size` rounded up to a multiple of 2**(bit_length(size) - 5) (>= 4 KiB): <= 6.25% over."""
+        granule = max(4096, 1 << max(0, size.bit_length() - 5))
+        return -(-size // granule) * granule
 
     def take(self, size: int) -> StateBuffer:
-        bufs = self.free.get(size)
-        if bufs:
-            b = bufs.pop()
+        if self.slack:
+            fits = [cap for cap, bufs in self.free.items() if bufs and size <= cap <= size * (1 + 2 * self.slack)]
+            cap = min(fits) if fits else None
+        else:
+            cap = size if self.free.get(size) else None
+        if cap is not None:
+            b = self.free[cap].pop()
             b.refs, b.n = 1, 0
+            self.reused += 1
             return b
         self.allocated += 1
-        return StateBuffer(size, self)
+        return StateBuffer(self.rounded(int(size * (1 + self.slack))) if self.slack else size, self)
 
     def give(self, b: StateBuffer) -> None:
         bufs = self.free.setdefault(b.capacity, [])
-        if len(bufs) < self.keep:
-            bufs.append(b)
+        if len(bufs) >= self.keep:
+            return
+        if self.keep_bytes is not None:
+            while self.free_bytes() + b.capacity > self.keep_bytes:  # drop the largest free ones first
+                caps = [cap for cap, bs in self.free.items() if bs]
+                if not caps or max(caps) < b.capacity:
+                    break
+                self.free[max(caps)].pop()
+            if self.free_bytes() + b.capacity > self.keep_bytes:
+                return
+        bufs.append(b)
 
     def clear(self) -> None:
         self.free.clear()
@@ -292,6 +331,9 @@ class LlamaModel:
         self.n_batch = settings.n_batch
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._state_pool = _StatePool(keep=4 * settings.n_seq_max + 8)
+        # full states: a few free buffers (an eviction usually follows a return); how many bytes of
+        # them are kept is set by the context engine (keep_free_snapshot_bytes)
+        self._snapshot_pool = _StatePool(keep=2, slack=0.125, keep_bytes=0)
         self.n_decoded = 0  # prompt + generated tokens fed to llama_decode by this object (a counter for tests and stats)
         self.memory_owner: object | None = None  # the narrative.context.ContextEngine whose conversations the sequences hold
         self._fingerprint: dict | None = None
@@ -539,7 +581,9 @@ class LlamaModel:
         H200 host where llama.cpp's own copy takes 14-17 ms
         (../shared/notes/gpu-h200.md). Give the buffer back with
         `StateBuffer.release` when dropping it. Full states (sizes vary with the
-        context held) get a buffer of their own, not pooled.
+        context held: GiBs at long lore) come from a second pool of rounded
+        capacities (`_StatePool`), so that evicting one NPC while another
+        returns reuses the returning one's buffer.
 
         Raises:
             StateError: llama.cpp wrote nothing.
@@ -548,13 +592,27 @@ class LlamaModel:
 
         flags = llama_cpp.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY if partial else llama_cpp.LLAMA_STATE_SEQ_FLAGS_NONE
         size = int(llama_cpp.llama_state_seq_get_size_ext(self._ctx, seq, flags))
-        buf = self._state_pool.take(size) if partial else StateBuffer(size)
+        buf = (self._state_pool if partial else self._snapshot_pool).take(size)
         n = llama_cpp.llama_state_seq_get_data_ext(self._ctx, buf.buf, size, seq, flags)
         if n == 0 and size:
             buf.release()
             raise StateError(f"llama_state_seq_get_data_ext wrote nothing for sequence {seq} (size {size})")
         buf.n = int(n)
         return buf
+
+    def state_buffer_counts(self) -> dict[str, int]:
+        """Host buffers created and reused by `state_get` (checkpoints and full states): counters
+        for tests and benchmarks. A warm engine reuses: each allocation costs 10-100x a copy."""
+        cp, sn = self._state_pool, self._snapshot_pool
+        return {"checkpoint_allocated": cp.allocated, "checkpoint_reused": cp.reused,
+                "snapshot_allocated": sn.allocated, "snapshot_reused": sn.reused}
+
+    def keep_free_snapshot_bytes(self, n: int) -> None:
+        """Keep up to `n` bytes of free full-state buffers for reuse (`state_get` with
+        ``partial=False``; set by the context engine from its RAM store size). 0: keep none."""
+        self._snapshot_pool.keep_bytes = max(0, int(n))
+        if not n:
+            self._snapshot_pool.clear()
 
     def state_set(self, seq: int, data, *, partial: bool) -> None:
         """Load a state from `state_get` (a `StateBuffer`, or the same bytes read back
@@ -637,6 +695,7 @@ class LlamaModel:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
         self._state_pool.clear()
+        self._snapshot_pool.clear()
         self.llm.close()
 
 

@@ -126,6 +126,7 @@ def test_switching_npcs_keeps_their_prefixes(models, name):
     pa, a, b = parts(m)
     pb = m.bos() + m.chat_tokens(m.format.system_pieces("You are Oren, a smuggler.\n\n" + LORE * 2))
     pc = m.bos() + m.chat_tokens(m.format.system_pieces("You are Ilse, a priest.\n\n" + LORE * 2))
+    ref_a, ref_b = reference(m, pa + a, [len(pa)]), reference(m, pb + b, [len(pb)])  # first: it clears the context
     e = fresh_engine(m)
     greedy(e, "A", pa + a, [len(pa)])
     greedy(e, "B", pb + a, [len(pb)])
@@ -136,7 +137,17 @@ def test_switching_npcs_keeps_their_prefixes(models, name):
     g = greedy(e, "B", pb + b, [len(pb)])
     assert e.stats.snapshots_loaded == 1
     assert g.cached_tokens >= len(pb)
-    assert g.tokens == reference(m, pb + b, [len(pb)])
+    assert g.tokens == ref_b
+    # B's return evicted A; A comes back and evicts C, whose snapshot is written into the buffer that
+    # B's load gave back (same size class): no new host buffer, and A still answers as a full re-evaluation
+    assert e.convs["A"].snapshot is not None and e.convs["C"].seq is not None
+    before = m.state_buffer_counts()
+    g = greedy(e, "A", pa + a, [len(pa)])
+    assert e.stats.snapshots_loaded == 2 and e.stats.snapshots_saved == 3
+    after = m.state_buffer_counts()
+    assert after["snapshot_reused"] == before["snapshot_reused"] + 1, (before, after)
+    assert after["snapshot_allocated"] == before["snapshot_allocated"]
+    assert g.tokens == ref_a
 
 
 @pytest.mark.parametrize("name", ["smollm2", "qwen35moe"])
