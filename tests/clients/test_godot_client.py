@@ -87,6 +87,22 @@ def test_engine_client_surfaces_a_streams_actions_and_done_fields(vector_run):
     assert stream["pending_left"] == 0
 
 
+def test_engine_client_surfaces_busy_retry_after_ms(vector_run):
+    """The wire cases' `busy` error (retry_after_ms 1500, encoded by bridge/protocol.py) and `unsupported_schema` error
+    (none) fed to the client for requests in flight: each gives one `error(id, code, message)` and, while it is emitted,
+    `last_error` is {id, code, message, retry_after_ms} with retry_after_ms 1500, then null; the requests are finished."""
+    [errors] = [e for e in vector_run if e["ev"] == "errors"]
+    cases = {v["name"]: v["json"] for v in gh.extra_vectors()}
+    busy, schema = cases["error+busy"], cases["error+unsupported_schema"]
+    log = {x[1]: x for x in errors["log"]}  # code -> [id, code, message, last_error]
+    assert len(errors["log"]) == 2 and set(log) == {"busy", "unsupported_schema"}
+    assert log["busy"][2] == busy["message"] and log["unsupported_schema"][2] == schema["message"]
+    assert log["busy"][3] == {"id": log["busy"][0], "code": "busy", "message": busy["message"], "retry_after_ms": 1500}
+    assert log["unsupported_schema"][3] == {"id": log["unsupported_schema"][0], "code": "unsupported_schema",
+                                            "message": schema["message"], "retry_after_ms": None}
+    assert errors["pending_left"] == 0
+
+
 def test_engine_codec_encodes_like_msgpack_python(vector_run):
     got = [e for e in vector_run if e["ev"] == "encode"]
     assert len(got) == len(gh.ENCODE_CASES)

@@ -101,7 +101,7 @@ def test_wire_vectors_decode_and_reencode_byte_exact(tests_exe):
 def test_game_events_state_and_actions_wire_cases(tests_exe, tmp_path):
     """tests/clients/wire_cases.py (encoded by bridge/protocol.py): say.state, event with each target and state, state,
     declare with a richer schema, action with mixed arguments, done with fields/actions/rejected/forgotten_turns, ok.count,
-    unsupported_schema. Each round-trips byte for byte (nested maps, lists, bool, int, float64, str); what Say, EventAsync,
+    unsupported_schema, busy with retry_after_ms (BusyException.RetryAfterMs). Each round-trips byte for byte (nested maps, lists, bool, int, float64, str); what Say, EventAsync,
     SetStateAsync and DeclareAsync build from C# values (float32s, arrays, Dictionaries) is byte-exact; a say stream's
     actions reach onAction and done.Actions in order."""
     from tests.clients import wire_cases
@@ -110,6 +110,7 @@ def test_game_events_state_and_actions_wire_cases(tests_exe, tmp_path):
     out = run_cs(tests_exe, "extra-vectors", str(cases))
     requests = [n for n, m in wire_cases.messages() if m.type in ("say", "event", "state", "declare")]
     assert out.count("byte-exact") == len(wire_cases.messages()) + len(requests)  # every case round-trips; every request is built
+    assert "retry_after_ms -> BusyException.RetryAfterMs 1500" in out  # the busy error's retry_after_ms, decoded
 
 
 def test_hostile_and_truncated_msgpack_fails_cleanly(tests_exe):

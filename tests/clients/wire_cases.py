@@ -5,7 +5,7 @@ the optional fields of the game-events/state/actions messages that the examples 
 nested maps and lists of mixed types (bool, int, float64, str): `say.state`, `event` with each
 target and `state`, `state` with floats and bools, `declare` with a per-NPC scope and a richer
 schema, `action` with mixed arguments, `done` with `fields`/`actions`/`rejected`/`forgotten_turns`,
-`ok.count` and the `unsupported_schema` error. Same shape as the vectors file's entries, plus a
+`ok.count`, the `unsupported_schema` error and a `busy` error with `retry_after_ms`. Same shape as the vectors file's entries, plus a
 `name` the client tests refer to.
 """
 
@@ -57,6 +57,8 @@ def messages() -> list[tuple[str, p._Msg]]:
         ("ok+count", p.Ok(id="e2", count=2)),
         ("error+unsupported_schema", p.Error(id="d4", code=p.ErrorCode.UNSUPPORTED_SCHEMA,
                                              message="action 'throw': property 'target': type 'object' is not supported")),
+        ("error+busy", p.Error(id="r10", code=p.ErrorCode.BUSY, message="too many requests queued (this connection: 8, all: 8); retry later",
+                               retry_after_ms=1500)),
     ]
 
 

@@ -36,6 +36,8 @@ var cancel_id := ""
 var pings_before_idle := 0
 var mode := ""
 var vec_log := []
+var vec_log_errors := []
+var vec_client: Node = null
 
 
 func _ready() -> void:
@@ -45,6 +47,7 @@ func _ready() -> void:
 		run_vectors()
 		run_built_requests()
 		run_stream()
+		run_errors()
 		get_tree().quit(0)
 		return
 	client = ClientScript.new()
@@ -317,6 +320,27 @@ func run_stream() -> void:
 		c.call("_on_message", msg)
 	report("stream", {"id": id, "log": vec_log, "pending_left": c.get("_pending").size()})
 	c.free()
+
+
+## The wire cases' error replies (busy with retry_after_ms, unsupported_schema
+## without) fed to the client for requests in flight: reports each `error`
+## signal with the client's `last_error` map.
+func run_errors() -> void:
+	var c: Node = ClientScript.new()
+	vec_client = c
+	c.error.connect(_on_vec_error)
+	for v in Vectors.EXTRA:
+		if v[0] == "error+busy" or v[0] == "error+unsupported_schema":
+			var id: String = c.ping()  # queued: not connected
+			var msg: Dictionary = Msgpack.decode(unhex(v[2]))[0]
+			msg["id"] = id
+			c.call("_on_message", msg)
+	report("errors", {"log": vec_log_errors, "pending_left": c.get("_pending").size()})
+	c.free()
+
+
+func _on_vec_error(id: String, code: String, message: String) -> void:
+	vec_log_errors.append([id, code, message, vec_client.last_error])
 
 
 func _on_vec_chunk(id: String, seq: int, text: String) -> void:

@@ -331,6 +331,14 @@ static class ClientTests
         var schemaErr = SidecarException.FromError((ErrorMessage)typed["error+unsupported_schema"]);
         Check(schemaErr is UnsupportedSchemaException && schemaErr.Code == ErrorCode.UnsupportedSchema && schemaErr.Detail.Contains("target"), "error -> UnsupportedSchemaException");
         Check(SidecarException.Parse("context_overflow") == ErrorCode.ContextOverflow, "context_overflow is known");
+        var busyMsg = (ErrorMessage)typed["error+busy"];
+        var busyErr = SidecarException.FromError(busyMsg) as BusyException;
+        Check(busyMsg.RetryAfterMs == 1500 && busyErr != null && busyErr.Code == ErrorCode.Busy && busyErr.RequestId == "r10"
+              && busyErr.RetryAfterMs == 1500 && busyErr.Detail.Contains("retry later"), "error busy -> BusyException with RetryAfterMs 1500");
+        Check(((ErrorMessage)typed["error+unsupported_schema"]).RetryAfterMs == null
+              && ((BusyException)SidecarException.FromError(new ErrorMessage { Id = "b", Code = "busy", Text = "x" })).RetryAfterMs == null,
+              "no retry_after_ms -> RetryAfterMs null");
+        Console.WriteLine("  error+busy                retry_after_ms -> BusyException.RetryAfterMs {0}", busyErr.RetryAfterMs);
 
         // a say stream, fed the stream's messages as the reader thread would: chunk, action, action, done
         using (var c = new SidecarClient("tcp://127.0.0.1:9"))

@@ -16,7 +16,8 @@ extends Node
 ## (`unknown_npc`, `invalid`, ...) plus three raised by this client:
 ## `disconnected` (the connection dropped while the request was in flight; it
 ## is never sent again), `timeout` (no reply or chunk for `request_timeout_s`)
-## and `encode` (a value msgpack cannot carry).
+## and `encode` (a value msgpack cannot carry). While `error` is emitted,
+## `last_error` holds it as a map with `retry_after_ms` (see `last_error`).
 ##
 ## Requests made before the connection is ready wait in a queue and are sent
 ## once `hello`/`ready` is through. The connection reconnects by itself with
@@ -68,6 +69,11 @@ const DECLARE_OPTIONS := ["session", "npc"]
 var server_info := {}
 ## Connections made so far (1 after the first, +1 per reconnect).
 var connections := 0
+## The error being (or last) emitted by the `error` signal, as a map: `id`,
+## `code`, `message` and `retry_after_ms` (int, with code `busy`: wait at least
+## this long before sending the request again; null when the sidecar sent
+## none, and for the client's own codes). Read it in your `error` handler.
+var last_error := {}
 
 var _conn = null
 var _next_id := 0
@@ -321,7 +327,10 @@ func _on_message(msg: Dictionary) -> void:
 		return
 	if msg_type == "error":
 		_pending.erase(id)
-		emit_signal("error", id, str(msg.get("code", "")), str(msg.get("message", "")))
+		var retry = msg.get("retry_after_ms")
+		if typeof(retry) != TYPE_INT:
+			retry = null
+		_fail(id, str(msg.get("code", "")), str(msg.get("message", "")), retry)
 		return
 	if not _pending.has(id):
 		return  # a late reply to a request that timed out
@@ -375,7 +384,7 @@ func _drop(reason: String) -> void:
 	for id in _pending.keys():
 		if _pending[id].get("sent", false) or not _open:
 			_pending.erase(id)
-			emit_signal("error", id, "disconnected", "connection to the sidecar lost: %s" % reason)
+			_fail(id, "disconnected", "connection to the sidecar lost: %s" % reason)
 	if not _open:
 		_queue = []
 	else:
@@ -391,12 +400,18 @@ func _expire(now: int) -> void:
 		var req: Dictionary = _pending[id]
 		if req.has("failed"):
 			_pending.erase(id)
-			emit_signal("error", id, req["failed"][0], req["failed"][1])
+			_fail(id, req["failed"][0], req["failed"][1])
 		elif req["timeout_ms"] > 0 and now > req["deadline_ms"]:
 			_pending.erase(id)
 			if req.get("sent", false) and req["type"] == "say" and is_connected_to_sidecar():
 				request("cancel", {"target": id}, 0.0)  # free the model; its done is ignored
-			emit_signal("error", id, "timeout", "no reply in %d ms" % req["timeout_ms"])
+			_fail(id, "timeout", "no reply in %d ms" % req["timeout_ms"])
+
+
+## Emits `error` for request `id`, with `last_error` set to it first.
+func _fail(id: String, code: String, message: String, retry_after_ms = null) -> void:
+	last_error = {"id": id, "code": code, "message": message, "retry_after_ms": retry_after_ms}
+	emit_signal("error", id, code, message)
 
 
 ## "tcp://host:port" -> [host, port]; [] when it is not a TCP endpoint.

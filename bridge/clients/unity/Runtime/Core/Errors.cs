@@ -24,7 +24,7 @@ namespace Narrative.Sidecar
         UnknownNpc,
         /// <summary><c>unknown_request</c>: <c>cancel</c> names a request that is not running.</summary>
         UnknownRequest,
-        /// <summary><c>busy</c>: defined in bridge/protocol.py (not in PROTOCOL.md's table); the sidecar cannot take the request now.</summary>
+        /// <summary><c>busy</c>: too many requests queued (this connection's or all); send it again after <see cref="BusyException.RetryAfterMs"/>.</summary>
         Busy,
         /// <summary><c>unknown_quest</c>: <c>generate</c> names a quest id that has no spec.</summary>
         UnknownQuest,
@@ -98,7 +98,7 @@ namespace Narrative.Sidecar
                 case ErrorCode.Invalid: return new InvalidRequestException(d, id);
                 case ErrorCode.UnknownNpc: return new UnknownNpcException(d, id);
                 case ErrorCode.UnknownRequest: return new UnknownRequestException(d, id);
-                case ErrorCode.Busy: return new BusyException(d, id);
+                case ErrorCode.Busy: return new BusyException(d, id, e.RetryAfterMs);
                 case ErrorCode.UnknownQuest: return new UnknownQuestException(d, id);
                 case ErrorCode.GenerationFailed: return new GenerationFailedException(d, id);
                 case ErrorCode.Internal: return new InternalErrorException(d, id);
@@ -116,7 +116,17 @@ namespace Narrative.Sidecar
     public sealed class InvalidRequestException : SidecarException { public InvalidRequestException(string d, string id) : base(ErrorCode.Invalid, "invalid", d, id) { } }
     public sealed class UnknownNpcException : SidecarException { public UnknownNpcException(string d, string id) : base(ErrorCode.UnknownNpc, "unknown_npc", d, id) { } }
     public sealed class UnknownRequestException : SidecarException { public UnknownRequestException(string d, string id) : base(ErrorCode.UnknownRequest, "unknown_request", d, id) { } }
-    public sealed class BusyException : SidecarException { public BusyException(string d, string id) : base(ErrorCode.Busy, "busy", d, id) { } }
+    /// <summary><c>busy</c>: the sidecar has too many requests queued; send the request again after <see cref="RetryAfterMs"/>.</summary>
+    public sealed class BusyException : SidecarException
+    {
+        /// <summary>The error's <c>retry_after_ms</c>: wait at least this long (ms) before sending the request again; null when the sidecar sent none.</summary>
+        public int? RetryAfterMs { get; private set; }
+
+        public BusyException(string d, string id, long? retryAfterMs = null) : base(ErrorCode.Busy, "busy", d, id)
+        {
+            if (retryAfterMs.HasValue) RetryAfterMs = (int)Math.Max(0L, Math.Min(retryAfterMs.Value, int.MaxValue));
+        }
+    }
     public sealed class UnknownQuestException : SidecarException { public UnknownQuestException(string d, string id) : base(ErrorCode.UnknownQuest, "unknown_quest", d, id) { } }
     public sealed class GenerationFailedException : SidecarException { public GenerationFailedException(string d, string id) : base(ErrorCode.GenerationFailed, "generation_failed", d, id) { } }
     public sealed class InternalErrorException : SidecarException { public InternalErrorException(string d, string id) : base(ErrorCode.Internal, "internal", d, id) { } }

@@ -822,7 +822,12 @@ namespace Narrative.Sidecar
         public override string Type { get { return "error"; } }
         public string Code = "";
         public string Text = "";
-        protected override void WriteFields(MsgMap m) { m.Put("code", Code).Put("message", Text); }
-        protected override void ReadFields(MsgMap m) { Code = m.GetString("code", ""); Text = m.GetString("message", ""); }
+        /// <summary>With code <c>busy</c>: wait at least this long (ms) before sending the request again; null when absent.</summary>
+        public long? RetryAfterMs;
+        protected override void WriteFields(MsgMap m) { m.Put("code", Code).Put("message", Text).Put("retry_after_ms", RetryAfterMs); }
+        protected override void ReadFields(MsgMap m)
+        {
+            Code = m.GetString("code", ""); Text = m.GetString("message", ""); RetryAfterMs = m.GetLongOrNull("retry_after_ms");
+        }
     }
 }
