@@ -60,7 +60,10 @@ What it does, per conversation (a ``key``), on one llama.cpp context:
   arithmetic; a conversation's prefill is cut at the same places (multiples of
   ``prefill_chunk`` from where it resumes, and its boundaries) whoever else is
   active. Result: with greedy sampling a conversation's tokens are the same
-  alone or among 8 (tests/narrative/test_batching.py). `generate` is one turn
+  alone or among 8 (tests/narrative/test_batching.py), as far as llama.cpp's
+  kernels allow: its CPU backend multiplies F16/F32/Q8_0/Q4_0 weights with
+  another kernel for micro-batches of 2+ rows than for 1 (llamafile's
+  tinyBLAS), which rounds differently (docs/batching-h200.md). `generate` is one turn
   run through the same steps. Scheduling (queue, priorities, fairness, a
   thread) lives in `narrative.scheduler`.
 - **Checkpoints without copies through Python.** A checkpoint is a

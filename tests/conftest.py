@@ -43,6 +43,16 @@ def fixture_paths() -> dict[str, Path]:
     return build_fixtures(ROOT / "tests" / ".fixtures", sdist)
 
 
+@pytest.fixture(scope="session")
+def fixture_paths_q4_1(fixture_paths) -> dict[str, Path]:
+    """The same tiny qwen35 / qwen35moe models with Q4_1 matrices (tests/fixtures/make_qwen35.py
+    `write_qwen35`, matrix_type): llama.cpp's CPU backend has no tinyBLAS kernel for Q4_1, so a row's
+    logits do not depend on how many rows share its micro-batch (the batching tests need that)."""
+    from tests.fixtures.make_qwen35 import build_fixtures, ensure_sdist
+
+    return build_fixtures(ROOT / "tests" / ".fixtures", ensure_sdist(ROOT / ".cache"), matrix_type="q4_1")
+
+
 def make_settings(state_dir: Path, **server):
     from app.settings import load_settings
     from bridge.settings import ServerSettings
