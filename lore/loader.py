@@ -84,7 +84,52 @@ class _StrictLoader(_YamlLoader):  # type: ignore[misc, valid-type]
 
     def get_single_node(self):
         self._root = super().get_single_node()
+        if self._root is not None:
+            _check_expansion(self._root)
         return self._root
+
+
+MAX_YAML_VALUES = 100_000  # values in a front matter once aliases are expanded (a lore entry holds tens)
+
+
+def _check_expansion(root) -> None:
+    """Refuse front matter whose aliases expand past `MAX_YAML_VALUES` values ("billion laughs": nine
+    lines of ``&a [*b, *b, ...]`` make 10^9 strings, which the index would serialize) or refer to
+    themselves. Counts each node once per path that reaches it, in time linear in the nodes written.
+
+    Raises:
+        yaml.composer.ComposerError: with the mark of the offending node.
+    """
+    total: dict[int, int] = {}
+    stack: list[tuple[object, bool]] = [(root, False)]
+    open_: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            open_.discard(key)
+            if isinstance(node, yaml.MappingNode):
+                kids = [n for pair in node.value for n in pair]
+            elif isinstance(node, yaml.SequenceNode):
+                kids = node.value
+            else:
+                kids = []
+            n = 1 + sum(total[id(k)] for k in kids)
+            if n > MAX_YAML_VALUES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"aliases expand this value to more than {MAX_YAML_VALUES:,} values (an alias bomb?)", node.start_mark)
+            total[key] = n
+            continue
+        if key in total:
+            continue
+        if key in open_:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to the value that contains it", node.start_mark)
+        open_.add(key)
+        stack.append((node, True))
+        if isinstance(node, yaml.MappingNode):
+            stack.extend((n, False) for pair in node.value for n in pair if id(n) not in total)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((n, False) for n in node.value if id(n) not in total)
 
 
 def _path_to(node, target, names: tuple[str, ...] = ()) -> list[str] | None:

@@ -102,3 +102,32 @@ def test_lore_check_warns_about_oversized_entries(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"{root / 'huge.md'}" in out and "words" in out and "warning" in out
     assert "fine.md" not in out
+
+
+def _bomb(levels: int, width: int = 9) -> str:
+    """Front matter lines of a YAML alias bomb: `width`**`levels` strings from a few hundred bytes."""
+    lines = [f"l0: &l0 [{', '.join(['lol'] * width)}]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels)]
+    return "\n".join(lines)
+
+
+def test_yaml_alias_bomb_is_refused_with_its_line_and_the_other_files_load(tmp_path, capsys):
+    """Found: unknown front-matter fields are kept on the entry, and nine lines of aliases
+    (9**9 strings) passed `lore check`; indexing serializes the entry (model_dump_json): gigabytes."""
+    from lore.loader import load_dir
+
+    root = tmp_path / "lore"
+    root.mkdir()
+    (root / "bomb.md").write_text(f"---\nid: bomb\nkind: place\nname: Bomb\n{_bomb(9)}\n---\nA place.\n")
+    (root / "loop.md").write_text("---\nid: loop\nkind: place\nname: Loop\nx: &a [1, *a]\n---\nA place.\n")
+    (root / "fine.md").write_text("---\nid: fine\nkind: place\nname: Fine\nshared: &s [a, b]\nagain: *s\n---\nA place.\n")
+    t = time.perf_counter()
+    files, problems = load_dir(root)
+    assert time.perf_counter() - t < 5
+    assert [f.rel for f in files] == ["fine.md"]  # ordinary aliases still work
+    by_file = {p.path.name: p for p in problems}
+    assert set(by_file) == {"bomb.md", "loop.md"}
+    assert by_file["bomb.md"].line == 10 and "alias bomb" in by_file["bomb.md"].message  # l5: 9**6 values > 100,000
+    assert "refers to the value that contains it" in by_file["loop.md"].message
+    assert main(["lore", "check", str(root)]) != 0
+    assert "bomb.md:10" in capsys.readouterr().out
