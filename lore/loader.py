@@ -59,8 +59,29 @@ _FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*\r?$\n?", re.DOTALL | re.MU
 _YAML11_BOOLS = {"yes", "no", "on", "off", "true", "false", "y", "n"}
 
 
-class _StrictLoader(_YamlLoader):  # type: ignore[misc, valid-type]
-    """The safe loader, noting every field written twice in one mapping (PyYAML silently keeps the last).
+class GuardedLoader(_YamlLoader):  # type: ignore[misc, valid-type]
+    """PyYAML's safe loader that refuses alias bombs and self-referring aliases (`_check_expansion`)."""
+
+    def get_single_node(self):
+        root = super().get_single_node()
+        if root is not None:
+            _check_expansion(root)
+        return root
+
+
+def load_yaml(text: str):
+    """`yaml.safe_load` for text from designers and the internet (lore front matter, quest specs):
+    aliases that expand past `MAX_YAML_VALUES` values or refer to themselves raise
+    ``yaml.composer.ComposerError`` (a ``yaml.YAMLError``) with the offending node's mark."""
+    loader = GuardedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+class _StrictLoader(GuardedLoader):
+    """The guarded loader, noting every field written twice in one mapping (PyYAML silently keeps the last).
 
     ``duplicates`` lists (dotted field, 0-based line, 0-based line of the first) after a load.
     """
@@ -84,8 +105,6 @@ class _StrictLoader(_YamlLoader):  # type: ignore[misc, valid-type]
 
     def get_single_node(self):
         self._root = super().get_single_node()
-        if self._root is not None:
-            _check_expansion(self._root)
         return self._root
 
 

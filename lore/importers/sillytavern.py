@@ -67,6 +67,7 @@ from typing import Any
 
 import yaml
 
+from lore.loader import load_yaml
 from lore.schema import LoreEntry, UnsupportedRegex, compile_regex_key, parse_regex_key
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ def _source_of(path: Path) -> str | None:
     if text.startswith("---"):
         text = text.split("\n---", 1)[0].removeprefix("---")
     try:
-        data = yaml.safe_load(text) or {}
+        data = load_yaml(text) or {}
     except yaml.YAMLError:
         return None
     st = data.get("st", data) if isinstance(data, dict) else {}
@@ -716,5 +717,5 @@ def read_book_settings(folder: Path) -> dict:
     p = Path(folder) / BOOK_FILE
     if not p.is_file():
         return {}
-    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    data = load_yaml(p.read_text(encoding="utf-8")) or {}
     return dict(data.get("book") or {})

@@ -21,6 +21,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lore.loader import load_yaml
 from lore.schema import ID_PATTERN
 
 CORE_STAGES: tuple[str, ...] = ("offer", "accept", "decline", "in_progress", "complete")
@@ -202,7 +203,7 @@ def parse_spec(text: str, path: Path) -> QuestSpec:
         SpecError: YAML syntax errors or schema errors, as ``path:line: message``.
     """
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)  # yaml.safe_load that refuses alias bombs
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 0

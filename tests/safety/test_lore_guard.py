@@ -131,3 +131,19 @@ def test_yaml_alias_bomb_is_refused_with_its_line_and_the_other_files_load(tmp_p
     assert "refers to the value that contains it" in by_file["loop.md"].message
     assert main(["lore", "check", str(root)]) != 0
     assert "bomb.md:10" in capsys.readouterr().out
+
+
+def test_quest_spec_alias_bomb_is_a_spec_error_not_a_hang(tmp_path):
+    """Found: `narrative batch` on a quest spec with nine lines of aliases did not finish in 60 s."""
+    from narrative.batch.spec import load_specs
+
+    root = tmp_path / "quests"
+    root.mkdir()
+    (root / "q1.yaml").write_text("id: q1\n" + _bomb(9) + "\ntitle: *l8\n")
+    good = sorted((ROOT / "samples" / "quests").glob("*.yaml"))[0]
+    (root / good.name).write_bytes(good.read_bytes())  # other specs are unaffected
+    t = time.perf_counter()
+    specs, problems = load_specs(root)
+    assert time.perf_counter() - t < 5
+    assert len(problems) == 1 and "q1.yaml:7: YAML error: aliases expand" in problems[0]
+    assert len(specs) == 1
