@@ -171,7 +171,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         try:
             res = import_file(f, args.into)
         except (ImportError_, ValidationError, OSError) as exc:
-            print(f"error: {f}: {exc}", file=sys.stderr)
+            print(f"error: {exc}" if str(exc).startswith(str(f)) else f"error: {f}: {exc}", file=sys.stderr)
             failed += 1
             continue
         for w in res.warnings:

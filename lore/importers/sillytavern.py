@@ -143,6 +143,20 @@ def png_with_text(png: bytes, chunks: dict[str, str]) -> bytes:
     return png[:end] + extra + png[end:]
 
 
+MAX_CARD_JSON_BYTES = 64 << 20  # a CHARX card.json unpacked (cards with embedded assets keep them outside it)
+
+
+def _json(data: bytes, what: str):
+    """JSON from bytes (UTF-8, a BOM allowed). Raises ImportError_ starting with `what` when it is not
+    JSON, not UTF-8, or nested too deeply for the decoder (RecursionError)."""
+    try:
+        return json.loads(data.decode("utf-8-sig"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ImportError_(f"{what}: {exc}") from None
+    except RecursionError:
+        raise ImportError_(f"{what}: nested too deeply") from None
+
+
 def read_source(path: Path) -> tuple[str, dict]:
     """Read a World Info file or a card (JSON, PNG, CHARX) -> (kind, the JSON object).
 
@@ -158,19 +172,24 @@ def read_source(path: Path) -> tuple[str, dict]:
         if text is None:
             raise ImportError_(f"{path}: PNG has no 'ccv3' or 'chara' text chunk (not a character card)")
         try:
-            obj = json.loads(base64.b64decode(text).decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = base64.b64decode(text)
+        except ValueError as exc:
             raise ImportError_(f"{path}: the card chunk is not base64 JSON: {exc}") from None
+        obj = _json(data, f"{path}: the card chunk is not base64 JSON")
     elif raw.startswith(b"PK\x03\x04"):
-        with zipfile.ZipFile(path) as z:
-            if "card.json" not in z.namelist():
-                raise ImportError_(f"{path}: CHARX zip without card.json")
-            obj = json.loads(z.read("card.json").decode("utf-8"))
-    else:
         try:
-            obj = json.loads(raw.decode("utf-8-sig"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ImportError_(f"{path}: not JSON: {exc}") from None
+            with zipfile.ZipFile(path) as z:
+                if "card.json" not in z.namelist():
+                    raise ImportError_(f"{path}: CHARX zip without card.json")
+                size = z.getinfo("card.json").file_size
+                if size > MAX_CARD_JSON_BYTES:  # a zip bomb, or not a card
+                    raise ImportError_(f"{path}: card.json unpacks to {size:,} bytes (limit {MAX_CARD_JSON_BYTES:,})")
+                data = z.read("card.json")
+        except (zipfile.BadZipFile, OSError, RuntimeError) as exc:  # RuntimeError: an encrypted member
+            raise ImportError_(f"{path}: unreadable CHARX zip: {exc}") from None
+        obj = _json(data, f"{path}: card.json is not JSON")
+    else:
+        obj = _json(raw, f"{path}: not JSON")
     if not isinstance(obj, dict):
         raise ImportError_(f"{path}: expected a JSON object, got {type(obj).__name__}")
     spec = obj.get("spec")

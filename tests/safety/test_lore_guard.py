@@ -147,3 +147,23 @@ def test_quest_spec_alias_bomb_is_a_spec_error_not_a_hang(tmp_path):
     assert time.perf_counter() - t < 5
     assert len(problems) == 1 and "q1.yaml:7: YAML error: aliases expand" in problems[0]
     assert len(specs) == 1
+
+
+def test_hostile_cards_are_clear_import_errors(tmp_path, capsys):
+    """Found: a World Info file nested 100,000 deep ended `narrative lore import` with a RecursionError
+    traceback; a CHARX zip was unpacked whatever its size, and a broken one raised BadZipFile."""
+    import zipfile
+
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"entries": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    bomb = tmp_path / "bomb.charx"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("card.json", b" " * (65 << 20))  # 65 MiB of spaces: ~65 KB zipped
+    broken = tmp_path / "broken.charx"
+    broken.write_bytes(b"PK\x03\x04 not really a zip")
+    for f, expected in ((deep, "not JSON: nested too deeply"), (bomb, "card.json unpacks to 68,157,440 bytes"),
+                        (broken, "unreadable CHARX zip")):
+        assert main(["lore", "import", str(f), "--into", str(tmp_path / "out")]) != 0
+        err = capsys.readouterr().err
+        assert f"error: {f}: {expected}" in err, err
+        assert "Traceback" not in err
