@@ -114,20 +114,34 @@ def png_text_chunks(data: bytes) -> dict[str, str]:
         if len(body) != length:
             raise ImportError_(f"truncated PNG chunk {ctype!r} at byte {pos}")
         pos += 12 + length
-        if ctype == b"tEXt":
-            key, _, text = body.partition(b"\0")
-            out[key.decode("latin-1")] = text.decode("latin-1")
-        elif ctype == b"zTXt":
-            key, _, rest = body.partition(b"\0")
-            out[key.decode("latin-1")] = zlib.decompress(rest[1:]).decode("latin-1")
-        elif ctype == b"iTXt":
-            key, _, rest = body.partition(b"\0")
-            compressed, rest = rest[0], rest[2:]
-            _lang, _, rest = rest.partition(b"\0")
-            _translated, _, text = rest.partition(b"\0")
-            out[key.decode("latin-1")] = (zlib.decompress(text) if compressed else text).decode("utf-8")
-        elif ctype == b"IEND":
-            break
+        try:
+            if ctype == b"tEXt":
+                key, _, text = body.partition(b"\0")
+                out[key.decode("latin-1")] = text.decode("latin-1")
+            elif ctype == b"zTXt":
+                key, _, rest = body.partition(b"\0")
+                out[key.decode("latin-1")] = _inflate(rest[1:]).decode("latin-1")
+            elif ctype == b"iTXt":
+                key, _, rest = body.partition(b"\0")
+                if len(rest) < 2:
+                    raise ValueError("no compression flag")
+                compressed, rest = rest[0], rest[2:]
+                _lang, _, rest = rest.partition(b"\0")
+                _translated, _, text = rest.partition(b"\0")
+                out[key.decode("latin-1")] = (_inflate(text) if compressed else text).decode("utf-8")
+            elif ctype == b"IEND":
+                break
+        except (ValueError, zlib.error) as exc:  # UnicodeDecodeError is a ValueError
+            raise ImportError_(f"unreadable PNG {ctype.decode('latin-1')} chunk at byte {pos - 12 - length}: {exc}") from None
+    return out
+
+
+def _inflate(data: bytes) -> bytes:
+    """zlib-decompress a PNG text chunk, at most `MAX_CARD_JSON_BYTES` (a decompression bomb is refused)."""
+    d = zlib.decompressobj()
+    out = d.decompress(data, MAX_CARD_JSON_BYTES)
+    if d.unconsumed_tail:
+        raise ValueError(f"it unpacks to more than {MAX_CARD_JSON_BYTES:,} bytes")
     return out
 
 

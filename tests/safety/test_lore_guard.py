@@ -151,7 +151,8 @@ def test_quest_spec_alias_bomb_is_a_spec_error_not_a_hang(tmp_path):
 
 def test_hostile_cards_are_clear_import_errors(tmp_path, capsys):
     """Found: a World Info file nested 100,000 deep ended `narrative lore import` with a RecursionError
-    traceback; a CHARX zip was unpacked whatever its size, and a broken one raised BadZipFile."""
+    traceback; a CHARX zip or a PNG's zTXt chunk was unpacked whatever its size, and a broken zip or
+    zTXt raised BadZipFile / zlib.error."""
     import zipfile
 
     deep = tmp_path / "deep.json"
@@ -161,8 +162,23 @@ def test_hostile_cards_are_clear_import_errors(tmp_path, capsys):
         z.writestr("card.json", b" " * (65 << 20))  # 65 MiB of spaces: ~65 KB zipped
     broken = tmp_path / "broken.charx"
     broken.write_bytes(b"PK\x03\x04 not really a zip")
+
+    def png(ctype: bytes, body: bytes) -> bytes:
+        import struct
+        import zlib
+
+        chunk = lambda t, b: struct.pack(">I", len(b)) + t + b + struct.pack(">I", zlib.crc32(t + b) & 0xFFFFFFFF)  # noqa: E731
+        return b"\x89PNG\r\n\x1a\n" + chunk(ctype, body) + chunk(b"IEND", b"")
+
+    import zlib
+
+    ztxt_bomb = tmp_path / "bomb.png"  # a zTXt chunk of ~65 KB that inflates to 65 MiB
+    ztxt_bomb.write_bytes(png(b"zTXt", b"chara\0\0" + zlib.compress(b"A" * (65 << 20), 9)))
+    ztxt_bad = tmp_path / "bad.png"
+    ztxt_bad.write_bytes(png(b"zTXt", b"chara\0\0not zlib at all"))
     for f, expected in ((deep, "not JSON: nested too deeply"), (bomb, "card.json unpacks to 68,157,440 bytes"),
-                        (broken, "unreadable CHARX zip")):
+                        (broken, "unreadable CHARX zip"), (ztxt_bomb, "unreadable PNG zTXt chunk at byte 8: it unpacks to more than 67,108,864 bytes"),
+                        (ztxt_bad, "unreadable PNG zTXt chunk at byte 8")):
         assert main(["lore", "import", str(f), "--into", str(tmp_path / "out")]) != 0
         err = capsys.readouterr().err
         assert f"error: {f}: {expected}" in err, err
