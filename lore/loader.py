@@ -265,14 +265,20 @@ def lore_paths(root: Path) -> list[Path]:
     return out
 
 
+MAX_LORE_FILE_BYTES = 16 << 20  # one entry per file; `lore check` already warns past 5,000 words (~30 KB)
+
+
 def load_file(path: Path, root: Path) -> LoreFile:
     """Load and validate one file.
 
     Raises:
-        LoreFileError: unreadable, not UTF-8, or invalid.
+        LoreFileError: unreadable, over `MAX_LORE_FILE_BYTES`, not UTF-8, or invalid.
     """
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_LORE_FILE_BYTES + 1)
+        if len(raw) > MAX_LORE_FILE_BYTES:
+            raise LoreFileError([LoreProblem(path, 0, f"over {MAX_LORE_FILE_BYTES >> 20} MiB: a lore file holds one entry (split it)")])
         text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise LoreFileError([LoreProblem(path, 0, f"cannot read: {exc}")]) from None

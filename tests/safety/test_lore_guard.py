@@ -183,3 +183,15 @@ def test_hostile_cards_are_clear_import_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"error: {f}: {expected}" in err, err
         assert "Traceback" not in err
+
+
+def test_a_lore_file_over_16_mib_is_refused_without_reading_it_whole(tmp_path):
+    from lore.loader import MAX_LORE_FILE_BYTES, load_dir
+
+    root = tmp_path / "lore"
+    root.mkdir()
+    (root / "huge.md").write_text("---\nid: huge\nkind: place\nname: Huge\n---\n" + "x" * MAX_LORE_FILE_BYTES)
+    (root / "fine.md").write_text("---\nid: fine\nkind: place\nname: Fine\n---\nA place.\n")
+    files, problems = load_dir(root)
+    assert [f.rel for f in files] == ["fine.md"]
+    assert len(problems) == 1 and problems[0].path.name == "huge.md" and "over 16 MiB" in problems[0].message
