@@ -36,8 +36,10 @@ Supported argument schemas (everything the grammar can shape; the rest is refuse
 declaration with `UnsupportedSchema`): an object with ``properties``, ``required``,
 ``additionalProperties: false`` (implied), and per property ``type`` string, integer,
 number or boolean, with ``enum``/``const``, ``minimum``/``maximum``/``exclusive*``,
-``minLength``/``maxLength`` (at most `MAX_STRING`), ``description``/``title``.
-``pattern`` is refused: a game's regex run on model output is a backtracking risk
+``minLength``/``maxLength`` (at most `MAX_STRING`), ``description``/``title``; at most
+`MAX_PROPERTIES` properties per action and `MAX_ENUM` enum values of at most
+`MAX_ENUM_VALUE` characters per property (the declaration is prompt text and grammar
+alternatives on every turn: a megabyte of enum would stall both). ``pattern`` is refused: a game's regex run on model output is a backtracking risk
 (a hostile declaration could stall validation), and an enum says the same safely.
 """
 
@@ -52,6 +54,13 @@ FIELDS_FUNCTION = "line_fields"
 
 MAX_STRING = 200
 """Longest string argument the grammar allows (llama.cpp grammars refuse repetitions over 2000)."""
+
+MAX_PROPERTIES = 16
+"""Arguments per action."""
+MAX_ENUM = 64
+"""Values in one argument's ``enum`` (per-line fields: 32, bridge.protocol.FieldSpec)."""
+MAX_ENUM_VALUE = 64
+"""Characters in one string ``enum``/``const`` value, and in a property's ``description``/``title`` x 5."""
 
 _SCALARS = {"string", "integer", "number", "boolean"}
 _PROP_KEYS = {"type", "enum", "const", "description", "title", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
@@ -142,6 +151,8 @@ def check_action_set(aset: ActionSet) -> None:
         req = p.get("required", [])
         if not isinstance(req, list) or any(r not in props for r in req):
             raise UnsupportedSchema(f"{where}: 'required' must list declared properties")
+        if len(props) > MAX_PROPERTIES:
+            raise UnsupportedSchema(f"{where}: at most {MAX_PROPERTIES} properties (got {len(props)})")
         for k, s in props.items():
             _check_property(f"{where}, parameter {k!r}", k, s)
         try:
@@ -170,11 +181,18 @@ def _check_property(where: str, key: str, s: object) -> None:
         t = "string" if all(isinstance(v, str) for v in values) else None
     if t not in _SCALARS:
         raise UnsupportedSchema(f"{where}: type must be one of {', '.join(sorted(_SCALARS))} (got {t!r})")
+    for text_key in ("description", "title"):
+        if len(str(s.get(text_key, ""))) > 5 * MAX_ENUM_VALUE:
+            raise UnsupportedSchema(f"{where}: '{text_key}' is at most {5 * MAX_ENUM_VALUE} characters")
     values = s.get("enum", [s["const"]] if "const" in s else None)
     if values is not None:
         if not isinstance(values, list) or not values:
             raise UnsupportedSchema(f"{where}: 'enum' must be a non-empty list")
+        if len(values) > MAX_ENUM:
+            raise UnsupportedSchema(f"{where}: 'enum' has at most {MAX_ENUM} values (got {len(values)})")
         for v in values:
+            if isinstance(v, str) and len(v) > MAX_ENUM_VALUE:
+                raise UnsupportedSchema(f"{where}: enum value {v[:20]!r}... is over {MAX_ENUM_VALUE} characters")
             if not _is_type(v, t):
                 raise UnsupportedSchema(f"{where}: enum value {v!r} is not a {t}")
             if isinstance(v, str) and ("\n" in v or "<" in v or '"' in v or "\\" in v):

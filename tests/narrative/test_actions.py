@@ -22,6 +22,13 @@ def test_declaration_checks_refuse_what_cannot_be_enforced():
     assert "enum value" in refused({"type": "object", "properties": {"p": {"type": "string", "enum": ['say "hi"']}}})
     assert "enum value" in refused({"type": "object", "properties": {"p": {"type": "integer", "enum": ["1"]}}})
     assert "field 'emotion'" in refused(fields=(FieldSpec("emotion", ("ok", "<x>")),))
+    # sizes: the declaration is prompt text and grammar alternatives on every turn
+    assert "at most 16 properties" in refused({"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(17)}})
+    assert "at most 64 values" in refused({"type": "object", "properties": {"p": {"type": "string", "enum": [f"v{i}" for i in range(65)]}}})
+    assert "over 64 characters" in refused({"type": "object", "properties": {"p": {"type": "string", "enum": ["x" * 65]}}})
+    assert "'description' is at most" in refused({"type": "object", "properties": {"p": {"type": "string", "description": "d" * 400}}})
+    check_action_set(ActionSet(actions=(ActionSpec("pick", "", {"type": "object", "properties": {
+        f"p{i}": {"type": "string", "enum": [f"v{j}" for j in range(64)]} for i in range(16)}}),)))  # the limits themselves pass
     check_action_set(ActionSet(actions=(ActionSpec("give", "", {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}),)))
 
 
