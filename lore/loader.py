@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +135,10 @@ def _check_expansion(root) -> None:
                 kids = node.value
             else:
                 kids = []
+                v = node.value
+                if not node.style and len(v) > 4000 and v.lstrip("+-").replace("_", "").isdigit():
+                    # Python refuses int() of more than 4,300 digits with a ValueError that names no line
+                    raise yaml.composer.ComposerError(None, None, f"a number of {len(v):,} digits (write it as text: quote it)", node.start_mark)
             n = 1 + sum(total[id(k)] for k in kids)
             if n > MAX_YAML_VALUES:
                 raise yaml.composer.ComposerError(
@@ -216,6 +222,8 @@ def parse_lore_text(text: str, path: Path, default_id: str) -> LoreEntry:
         line = mark.line + 2 if mark is not None else 1
         problem = getattr(exc, "problem", None) or str(exc)
         raise LoreFileError([LoreProblem(path, line, f"YAML error: {problem}")]) from None
+    except (ValueError, OverflowError) as exc:  # a value PyYAML resolved but Python cannot build (a date 2024-13-45)
+        raise LoreFileError([LoreProblem(path, 1, f"YAML error in the front matter: {exc} (quote the value to keep it as text)")]) from None
     if loader.duplicates:  # +2: 0-based, and the opening '---' line
         raise LoreFileError([
             LoreProblem(path, line + 2, f"duplicate field {name!r} (first at line {first + 2}): YAML keeps only the last one")
@@ -265,6 +273,21 @@ def lore_paths(root: Path) -> list[Path]:
     return out
 
 
+def _read_regular(path: Path, limit: int) -> bytes:
+    """Up to `limit` bytes of `path` if it is a regular file. Opened without blocking (O_NONBLOCK where
+    the OS has it) and checked after opening, so a FIFO or device named ``*.md`` in a lore folder is
+    refused instead of blocking the reader (and every turn waiting on the lore) until someone writes.
+
+    Raises:
+        OSError: cannot be opened, or not a regular file.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError("not a regular file (a FIFO, device or socket)")
+        return f.read(limit)
+
+
 MAX_LORE_FILE_BYTES = 16 << 20  # one entry per file; `lore check` already warns past 5,000 words (~30 KB)
 
 
@@ -275,8 +298,7 @@ def load_file(path: Path, root: Path) -> LoreFile:
         LoreFileError: unreadable, over `MAX_LORE_FILE_BYTES`, not UTF-8, or invalid.
     """
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_LORE_FILE_BYTES + 1)
+        raw = _read_regular(path, MAX_LORE_FILE_BYTES + 1)
         if len(raw) > MAX_LORE_FILE_BYTES:
             raise LoreFileError([LoreProblem(path, 0, f"over {MAX_LORE_FILE_BYTES >> 20} MiB: a lore file holds one entry (split it)")])
         text = raw.decode("utf-8")

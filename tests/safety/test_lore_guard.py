@@ -6,10 +6,13 @@ A lore key comes from a designer or an imported card; the text it runs on comes 
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from app.cli import main
 from lore.index import INDEX_FORMAT, chunk_entry
@@ -195,3 +198,52 @@ def test_a_lore_file_over_16_mib_is_refused_without_reading_it_whole(tmp_path):
     files, problems = load_dir(root)
     assert [f.rel for f in files] == ["fine.md"]
     assert len(problems) == 1 and problems[0].path.name == "huge.md" and "over 16 MiB" in problems[0].message
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_fifo_named_like_a_lore_file_is_refused_not_waited_on(tmp_path):
+    """Found: `mkfifo lore/items/trap.md` in a served lore folder: the hot reload opened it on the decode
+    worker and blocked, and every `say` and `lore.query` waited with it until something wrote to the pipe."""
+    import threading
+
+    from lore.loader import LoreFileError, load_file
+
+    root = tmp_path / "lore"
+    root.mkdir()
+    os.mkfifo(root / "trap.md")
+    out: list = []
+
+    def read() -> None:
+        try:
+            load_file(root / "trap.md", root)
+        except LoreFileError as exc:
+            out.append(exc)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "load_file blocked on a FIFO"
+    assert out and "not a regular file" in str(out[0])
+
+
+def test_yaml_values_python_cannot_build_are_errors_naming_the_file(tmp_path):
+    """Found: `priority: <5,000 digits>` (Python refuses int() past 4,300 digits) or a date like 2024-13-45
+    ended `lore check` and `batch` with a ValueError traceback naming no file, and no other file's problems."""
+    from lore.loader import load_dir
+    from narrative.batch.spec import SpecError, parse_spec
+
+    root = tmp_path / "lore"
+    root.mkdir()
+    (root / "big.md").write_text("---\nid: big\nkind: place\nname: Big\npriority: " + "9" * 5000 + "\n---\nA place.\n")
+    (root / "date.md").write_text("---\nid: date\nkind: place\nname: Date\nwritten: 2024-13-45\n---\nA place.\n")
+    (root / "fine.md").write_text("---\nid: fine\nkind: place\nname: Fine\n---\nA place.\n")
+    files, problems = load_dir(root)
+    assert [f.rel for f in files] == ["fine.md"]
+    msgs = {p.path.name: (p.line, p.message) for p in problems}
+    assert msgs["big.md"][0] == 5 and "5,000 digits" in msgs["big.md"][1]
+    assert "month must be in 1..12" in msgs["date.md"][1]
+    for text, expected in (("id: q1\nseed: " + "9" * 5000 + "\n", "q1.yaml:2: YAML error: a number of 5,000 digits"),
+                           ("id: q1\nwritten: 2024-13-45\n", "q1.yaml:1: YAML error: month must be in 1..12")):
+        with pytest.raises(SpecError) as exc:
+            parse_spec(text, Path("q1.yaml"))
+        assert expected in str(exc.value)
