@@ -18,6 +18,17 @@ from collections import Counter
 from pathlib import Path
 
 
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (`--parallel 0` is a usage error, not a traceback)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
 def use_endpoints(model_settings, urls: list[str], concurrency: int | None) -> None:
     """Point a role at the OpenAI-compatible endpoints `urls` (``--endpoint``, repeatable).
 
@@ -123,14 +134,14 @@ def register(sub, common: argparse.ArgumentParser, wrap) -> None:
     p.add_argument("--dry-run", action="store_true", help="list what would be generated and why; generate nothing")
     p.add_argument("--only", nargs="+", metavar="ID", help="only these quest ids")
     p.add_argument("--model", help="batch model GGUF path (default settings batch_model.path, bundled:smollm2)")
-    p.add_argument("--threads", type=int, help="CPU threads of the batch model")
-    p.add_argument("--parallel", type=int, default=1, metavar="N",
+    p.add_argument("--threads", type=positive_int, help="CPU threads of the batch model")
+    p.add_argument("--parallel", type=positive_int, default=1, metavar="N",
                    help="quests decoded at once as N sequences of one batched context (GPU: ~N x the quests/min while decode is "
                         "memory-bound). Texts differ from --parallel 1 (another sampler order; the manifest tells them apart, "
                         "so switching regenerates); default 1: one at a time")
     p.add_argument("--endpoint", action="append", dest="endpoints", metavar="URL",
                    help="OpenAI-compatible server to generate on (repeatable: items fan out over all of them), e.g. http://gpu1:8080/v1")
-    p.add_argument("--concurrency", type=int, metavar="N", help="requests in flight per endpoint (default: the settings', 1)")
+    p.add_argument("--concurrency", type=positive_int, metavar="N", help="requests in flight per endpoint (default: the settings', 1)")
     p.add_argument("--seed", type=int)
     p.add_argument("--max-tokens", type=int, help="sampled tokens per attempt (default 700)")
     p.add_argument("--retries", type=int, help="extra attempts per item (default 2)")

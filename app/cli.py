@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from app.settings import settings_from_args
+from app.settings import SettingsError, describe_validation_error, settings_from_args
 
 EPILOG = """examples:
   narrative demo
@@ -220,8 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
+    except SettingsError as exc:
+        print(f"error: invalid settings in {exc}", file=sys.stderr)
+        return 2
     except ValidationError as exc:
-        print(f"error: invalid settings:\n{exc}", file=sys.stderr)
+        print(f"error: invalid settings:\n{describe_validation_error(exc)}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)

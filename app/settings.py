@@ -23,9 +23,10 @@ server             ServerSettings                        bridge.settings
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -75,27 +76,47 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+class SettingsError(ValueError):
+    """Settings that cannot be used: the message names the file (or the environment) and each field."""
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, ``field.path: message``, without pydantic's links."""
+    return "\n".join(f"  {'.'.join(str(p) for p in e['loc']) or '(settings)'}: {e['msg']}" for e in exc.errors())
+
+
 def load_settings(config: Path | None = None, **overrides: object) -> Settings:
     """Load settings from `config` (TOML), the environment and `overrides`.
 
     Raises:
         FileNotFoundError: `config` is given and does not exist.
-        pydantic.ValidationError: a value is out of bounds or of the wrong type;
-            the message names the field (e.g. ``dialogue_model.n_ctx``).
+        SettingsError: `config` is not UTF-8 TOML, or a value is unknown, out of bounds or of the
+            wrong type; the message names the file and the field (e.g. ``dialogue_model.n_ctx``).
     """
+    source = "settings from the environment (NARRATIVE_*) and defaults"
+    config = config if config is not None else (Path(os.environ["NARRATIVE_CONFIG"]) if os.environ.get("NARRATIVE_CONFIG") else None)
     if config is not None:
         if not config.is_file():
             raise FileNotFoundError(f"settings file not found: {config}")
-        previous = os.environ.get("NARRATIVE_CONFIG")
-        os.environ["NARRATIVE_CONFIG"] = str(config)
         try:
-            return Settings(**overrides)  # type: ignore[arg-type]
-        finally:
-            if previous is None:
-                os.environ.pop("NARRATIVE_CONFIG", None)
-            else:
-                os.environ["NARRATIVE_CONFIG"] = previous
-    return Settings(**overrides)  # type: ignore[arg-type]
+            tomllib.loads(config.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise SettingsError(f"{config}: not UTF-8 text: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{config}: not valid TOML: {exc}") from None
+        source = str(config)
+    previous = os.environ.get("NARRATIVE_CONFIG")
+    if config is not None:
+        os.environ["NARRATIVE_CONFIG"] = str(config)
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(f"{source}:\n{describe_validation_error(exc)}") from None
+    finally:
+        if previous is None:
+            os.environ.pop("NARRATIVE_CONFIG", None)
+        else:
+            os.environ["NARRATIVE_CONFIG"] = previous
 
 
 def settings_from_args(args) -> Settings:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class LoreSettings(BaseModel):
     """Lore indexing and retrieval."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo in a settings file is an error, not a silent no-op
 
     dir: Path = Field(Path("samples/lore"), description="Folder of lore files (Markdown + YAML front matter).")
     collection: str = Field("lore", description="chromadb collection name.")

