@@ -484,11 +484,37 @@ def _unpack(frame: bytes, max_bytes: int | None) -> dict:
         raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"frame is {len(frame)} bytes, limit is {max_bytes}")
     try:
         obj = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+    except msgpack.StackError:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"not valid msgpack: maps and arrays nested deeper than msgpack reads (at most {MAX_DEPTH} are answered)") from None
     except Exception as exc:  # msgpack raises several unrelated types for garbage
-        raise ProtocolError(ErrorCode.BAD_FRAME, f"not valid msgpack: {exc}") from None
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"not valid msgpack: {str(exc) or type(exc).__name__}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_FRAME, f"payload must be a msgpack map, got {type(obj).__name__}")
+    depth = _depth(obj)
+    if depth > MAX_DEPTH:
+        raise ProtocolError(ErrorCode.INVALID, f"maps and arrays nested {depth} deep (at most {MAX_DEPTH})", usable_id(obj.get("id")))
     return obj
+
+
+MAX_DEPTH = 32
+"""Deepest nesting of maps and arrays in a message (the deepest real one, a `declare`, is ~8); deeper
+ones are refused before validation, whose recursion (and error reports) would fail on them."""
+
+
+def _depth(obj: object) -> int:
+    """Nesting depth of maps/arrays in `obj` (iterative: a 1,000-deep frame costs no recursion); stops
+    counting past `MAX_DEPTH`."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        deepest = max(deepest, d)
+        if d > MAX_DEPTH:
+            break
+        if isinstance(o, dict):
+            stack.extend((v, d + 1) for v in o.values() if isinstance(v, (dict, list)))
+        elif isinstance(o, list):
+            stack.extend((v, d + 1) for v in o if isinstance(v, (dict, list)))
+    return deepest
 
 
 def _validate(adapter: TypeAdapter, obj: dict, known: frozenset[str] | None):

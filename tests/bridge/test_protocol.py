@@ -60,3 +60,25 @@ def test_replies_are_not_accepted_as_requests():
     with pytest.raises(p.ProtocolError) as info:
         p.decode_request(p.encode(p.Pong(id="x")))
     assert info.value.code == p.ErrorCode.UNKNOWN_TYPE
+
+
+def _nested(levels: int, leaf: object = "x") -> object:
+    for _ in range(levels):
+        leaf = {"a": leaf}
+    return leaf
+
+
+def test_deeply_nested_frames_are_invalid_with_the_request_id():
+    """Found: `generate.spec` or `declare` parameters nested 500-1,020 deep answered `internal:
+    RecursionError` (validation recursed), 1,023+ a `bad_frame` with an empty message."""
+    ok = {"v": 1, "id": "g1", "type": "generate", "quest": "q"}
+    assert p.decode_request(msgpack.packb({**ok, "state": _nested(3)})).id == "g1"  # ordinary nesting passes the depth check
+    for levels in (40, 900):
+        with pytest.raises(p.ProtocolError) as exc:
+            p.decode_request(msgpack.packb({"v": 1, "id": "g3", "type": "generate", "spec": _nested(levels)}))
+        assert exc.value.code == "invalid" and exc.value.request_id == "g3"
+        assert "nested 33 deep (at most 32)" in str(exc.value)
+    deep = b"\x81\xa1a" * 1100 + b"\xa1x"  # deeper than msgpack's own limit
+    with pytest.raises(p.ProtocolError) as exc:
+        p.decode_request(deep)
+    assert exc.value.code == "bad_frame" and str(exc.value).strip() != "not valid msgpack:"
