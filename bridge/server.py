@@ -68,6 +68,9 @@ class SidecarServer:
         self.ctx = zmq.asyncio.Context()
         self.sock: zmq.asyncio.Socket | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+        # `generate` runs the batch model (its own llama.cpp instance) for up to minutes per quest: on a thread
+        # of its own, so that lore.query, lore.explain, reset and lore reloads never wait behind it
+        self.generate_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
         self.turn_executor = ThreadPoolExecutor(max_workers=max(1, service.turn_slots()), thread_name_prefix="turn")
         self.streams: dict[tuple[bytes, str], threading.Event] = {}
         self.tasks: set[asyncio.Task] = set()
@@ -220,6 +223,7 @@ class SidecarServer:
             if self.auth is not None:
                 self.auth.stop()
             self.executor.shutdown(wait=True, cancel_futures=True)
+            self.generate_executor.shutdown(wait=True, cancel_futures=True)
             self.turn_executor.shutdown(wait=True, cancel_futures=True)
 
     def stop(self, message: str = "") -> None:
@@ -237,11 +241,11 @@ class SidecarServer:
         self._events += 1
         return f"ev-{self._events}"
 
-    async def _run_blocking(self, fn, *args):
-        """Run a blocking service call on the decode worker thread."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+    async def _run_blocking(self, fn, *args, executor: ThreadPoolExecutor | None = None):
+        """Run a blocking service call on the decode worker thread (or `executor`)."""
+        return await asyncio.get_running_loop().run_in_executor(executor or self.executor, fn, *args)
 
-    async def _run_for(self, ident: bytes, fn, *args):
+    async def _run_for(self, ident: bytes, fn, *args, executor: ThreadPoolExecutor | None = None):
         """`_run_blocking` for a request of `ident`: dropped (`_PeerGone`) if the peer left while it was queued."""
 
         def job():
@@ -249,7 +253,7 @@ class SidecarServer:
                 raise _PeerGone()
             return fn(*args)
 
-        return await self._run_blocking(job)
+        return await self._run_blocking(job, executor=executor)
 
     async def _dispatch(self, frames: list[bytes]) -> None:
         """Answer one incoming message; never raises for anything a peer can send.
@@ -356,9 +360,11 @@ class SidecarServer:
         await self.send(ident, p.LoreExplanation(id=msg.id, **asdict(d)))
 
     async def _generate(self, ident: bytes, msg: p.Generate) -> None:
-        """One quest from a spec (``narrative batch``'s generator), on the decode worker; the batch model loads on first use."""
+        """One quest from a spec (``narrative batch``'s generator), on the generate thread (one quest at a time; the
+        decode worker stays free for lore and reset requests); the batch model loads on first use."""
         source = msg.quest if msg.quest is not None else msg.spec
-        r = await self._run_for(ident, lambda: self.service.generate_quest(source, seed=msg.seed, max_tokens=msg.max_tokens))
+        r = await self._run_for(ident, lambda: self.service.generate_quest(source, seed=msg.seed, max_tokens=msg.max_tokens),
+                                executor=self.generate_executor)
         await self.send(
             ident,
             p.GenerateResult(

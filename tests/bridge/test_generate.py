@@ -73,3 +73,25 @@ def test_generate_by_id_inline_and_errors(served):
             c.generate(spec={**spec, "stages": ["haggle"]})
         assert e.value.code == "invalid" and "stages" in e.value.message
         assert c.ping() >= 0  # the loop is alive after errors
+
+
+
+def test_a_running_generate_does_not_hold_up_other_clients_requests(served):
+    """Found: two `generate` requests from one client held the single decode worker, and another client's
+    `lore.query` waited 122 s behind them. `generate` now has a thread of its own."""
+    import time
+
+    from bridge import protocol as p
+    from bridge.client import new_id
+
+    with SidecarClient(served, timeout_s=300) as gen, SidecarClient(served, timeout_s=60) as other:
+        gid = gen.send(p.Generate(id=new_id(), quest="harrows-lamp", seed=11))
+        time.sleep(0.5)  # the generate is running
+        rid = other.send(p.Reset(id=new_id(), session="s1", npc="mara"))
+        answer = other.recv(rid)  # this sidecar has no dialogue engine: an error is an answer too
+        answered = time.monotonic()
+        assert answer.type in ("ok", "error")
+        done = gen.recv(gid)
+        finished = time.monotonic()
+        assert done.type == "generate.result"
+        assert finished - answered > 0.5, "reset was answered only when the generate had finished"
