@@ -206,6 +206,8 @@ class DialogueEngine:
         self.sampling = sampling
         self.dialogue = dialogue or DialogueSettings()
         self.sessions: OrderedDict[str, SessionData] = OrderedDict()  # LRU, at most dialogue.max_sessions
+        self._n_declared = 0  # declarations in all sessions (bounded by dialogue.max_declarations)
+        self._n_queues = 0  # per-NPC event queues in all sessions (bounded by dialogue.max_event_queues)
         self.conversations: dict[tuple[str, str], Conversation] = {}
         self._lock = threading.Lock()
         self.context = ContextEngine(model, context)
@@ -231,8 +233,20 @@ class DialogueEngine:
         data = self.sessions.pop(session, None) or SessionData()
         self.sessions[session] = data
         while len(self.sessions) > self.dialogue.max_sessions:
-            self.sessions.popitem(last=False)
+            self._forget_oldest()
         return data
+
+    def _forget_oldest(self) -> None:
+        _, old = self.sessions.popitem(last=False)
+        self._n_declared -= len(old.declared)
+        self._n_queues -= len(old.events)
+
+    def _trim_sessions(self) -> None:
+        """Forget the least recently used sessions (never the newest) while the declarations or event queues
+        of all sessions are over ``max_declarations`` / ``max_event_queues``. Caller holds `_lock`."""
+        d = self.dialogue
+        while len(self.sessions) > 1 and (self._n_declared > d.max_declarations or self._n_queues > d.max_event_queues):
+            self._forget_oldest()
 
     def set_state(self, session: str, values: Mapping[str, StateValue] | None = None, unset: list[str] | tuple = ()) -> dict[str, StateValue]:
         """Merge `values` into the session's game state, then remove the `unset` keys; returns the new state.
@@ -262,10 +276,14 @@ class DialogueEngine:
         with self._lock:
             data = self._session(session)
             for npc in npcs:
-                q = data.events.setdefault(npc, deque(maxlen=self.dialogue.max_pending_events))
+                q = data.events.get(npc)
+                if q is None:
+                    q = data.events[npc] = deque(maxlen=self.dialogue.max_pending_events)
+                    self._n_queues += 1
                 if len(q) == q.maxlen:
                     log.info("events for %s/%s: the oldest is dropped (max_pending_events %d)", session, npc, q.maxlen)
-                q.append(text)
+                q.append(text)  # one string shared by every NPC's queue
+            self._trim_sessions()
         return len(npcs)
 
     def pending_events(self, session: str, npc_id: str) -> list[str]:
@@ -293,9 +311,16 @@ class DialogueEngine:
         with self._lock:
             data = self._session(session)
             if aset is None or aset.empty:
-                data.declared.pop(npc_id or "", None)
+                if data.declared.pop(npc_id or "", None) is not None:
+                    self._n_declared -= 1
             else:
+                if (npc_id or "") not in data.declared:
+                    if len(data.declared) >= self.dialogue.max_declarations:
+                        raise TooMuchState(f"session {session!r} already holds {len(data.declared)} declarations "
+                                           f"(max_declarations {self.dialogue.max_declarations}): declare for every NPC at once (no npc)")
+                    self._n_declared += 1
                 data.declared[npc_id or ""] = aset
+                self._trim_sessions()
 
     def action_set(self, session: str, npc_id: str) -> ActionSet | None:
         """The declaration in force for (`session`, `npc_id`): the NPC's own, else the session's, else None."""
@@ -575,6 +600,9 @@ class DialogueEngine:
             for e in events:
                 if q and q[0] == e:
                     q.popleft()
+            if data is not None and q is not None and not q:  # an empty queue holds nothing worth its memory
+                del data.events[npc_id]
+                self._n_queues -= 1
 
     def _prepare(self, session: str, npc_id: str, line: str, max_tokens: int | None, tail: Tail | None, thinking: bool) -> "_Prepared":
         """Lore selection and the prompt of one turn (under `prepare_lock`)."""

@@ -134,6 +134,8 @@ class DialogueSettings(BaseModel):
     max_pending_events: int = Field(16, ge=1, le=256, description="Game events waiting for an NPC's next turn (protocol 'event'); when more arrive the oldest are dropped.")
     max_state_keys: int = Field(1024, ge=1, le=65536, description="Game-state keys one session may hold (protocol 'state', say.state); a change past it is refused.")
     max_sessions: int = Field(4096, ge=1, description="Sessions whose game state, events and declarations are kept; the least recently used beyond it are forgotten (their conversations are not).")
+    max_declarations: int = Field(1024, ge=1, description="Action declarations kept across all sessions (one per session and NPC, up to ~0.3 MiB each at the largest frame); past it the least recently used other sessions are forgotten, and a session that alone would hold more is refused.")
+    max_event_queues: int = Field(65536, ge=1, description="Per-NPC event queues kept across all sessions (an event to every NPC opens one per NPC); past it the least recently used other sessions are forgotten.")
 
 
 class ContextSettings(BaseModel):

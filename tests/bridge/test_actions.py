@@ -191,3 +191,35 @@ def test_a_state_gated_entry_is_in_the_turn_only_while_its_flag_is_set(client, r
     _, done = client.say_text(NPC, "Any news from the docks?", session=other, max_tokens=8, seed=2)
     assert GATED not in done.lore
 
+
+
+def test_sessions_times_npcs_is_bounded_by_the_declaration_and_event_queue_limits(client, runtime):
+    """Found: declarations and per-NPC event queues were bounded per session only, so 4,096 sessions x
+    every NPC could hold gigabytes from small frames (an event to every NPC opens a queue per NPC).
+    Past `[dialogue] max_declarations` / `max_event_queues` the least recently used sessions go."""
+    eng = runtime.engine
+    saved = eng.dialogue
+    n_npcs = len(runtime.retriever.index.npcs())
+    eng.dialogue = saved.model_copy(update={"max_declarations": 3, "max_event_queues": 2 * n_npcs})
+    give = [{"name": "give_item", "description": "", "parameters": {"type": "object", "properties": {}}}]
+    try:
+        tag = new_id()
+        for i in range(4):
+            client.event("Night falls.", session=f"q{tag}-{i}")  # every NPC: n_npcs queues per session
+        assert eng._n_queues <= 2 * n_npcs
+        assert eng.pending_events(f"q{tag}-3", NPC) == ["Night falls."]  # the newest sessions keep theirs
+        assert eng.pending_events(f"q{tag}-0", NPC) == []  # the oldest was forgotten
+        for i in range(5):
+            client.declare(give, session=f"d{tag}-{i}")
+        assert eng._n_declared <= 3
+        assert eng.action_set(f"d{tag}-4", NPC) is not None and eng.action_set(f"d{tag}-0", NPC) is None
+        one = f"d{tag}-one"
+        client.declare(give, session=one)
+        client.declare(give, session=one, npc=NPC)
+        client.declare(give, session=one, npc="ansel-dredge")
+        with pytest.raises(SidecarError) as exc:  # one session alone past the limit: refused, not evicting itself
+            client.declare(give, session=one, npc="nettle-amsby")
+        assert exc.value.code == "invalid" and "max_declarations 3" in exc.value.message
+        client.declare(give, session=one, npc="ansel-dredge")  # replacing one is fine
+    finally:
+        eng.dialogue = saved
