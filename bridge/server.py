@@ -336,8 +336,11 @@ class SidecarServer:
         await self.send(ident, p.Ok(id=msg.id))
 
     async def _declare(self, ident: bytes, msg: p.Declare) -> None:
-        self.service.declare(msg.session or ident.hex(), msg.npc, [a.model_dump() for a in msg.actions],
-                             {k: f.model_dump() for k, f in msg.fields.items()}, msg.max_actions)
+        # checking the declaration builds its grammar in llama.cpp (~0.2 s for the largest frame): on a thread, so the
+        # other clients' streams keep flowing; awaited here, so this client's next request (a say) still sees it applied
+        await asyncio.get_running_loop().run_in_executor(
+            None, self.service.declare, msg.session or ident.hex(), msg.npc, [a.model_dump() for a in msg.actions],
+            {k: f.model_dump() for k, f in msg.fields.items()}, msg.max_actions)
         await self.send(ident, p.Ok(id=msg.id))
 
     async def _reset(self, ident: bytes, msg: p.Reset) -> None:
