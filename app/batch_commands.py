@@ -18,7 +18,6 @@ from collections import Counter
 from pathlib import Path
 
 
-
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (`--parallel 0` is a usage error, not a traceback)."""
     try:
@@ -28,6 +27,7 @@ def positive_int(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
     return n
+
 
 def use_endpoints(model_settings, urls: list[str], concurrency: int | None) -> None:
     """Point a role at the OpenAI-compatible endpoints `urls` (``--endpoint``, repeatable).
