@@ -23,7 +23,7 @@ server             ServerSettings                        bridge.settings
 from __future__ import annotations
 
 import os
-import tomllib
+import sys
 from pathlib import Path
 
 from pydantic import Field, ValidationError
@@ -43,6 +43,11 @@ from narrative.settings import (
     ModelSettings,
     SamplingSettings,
 )
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 
 class Settings(BaseSettings):
