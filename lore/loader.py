@@ -62,13 +62,23 @@ _YAML11_BOOLS = {"yes", "no", "on", "off", "true", "false", "y", "n"}
 
 
 class GuardedLoader(_YamlLoader):  # type: ignore[misc, valid-type]
-    """PyYAML's safe loader that refuses alias bombs and self-referring aliases (`_check_expansion`)."""
+    """PyYAML's safe loader that refuses alias bombs and self-referring aliases (`_check_expansion`), and
+    turns a value Python cannot build (a date 2024-13-45) into a ``yaml.YAMLError`` like any other."""
+
+    _guard_root = None
 
     def get_single_node(self):
-        root = super().get_single_node()
+        root = self._guard_root = super().get_single_node()
         if root is not None:
             _check_expansion(root)
         return root
+
+    def get_single_data(self):
+        try:
+            return super().get_single_data()
+        except (ValueError, OverflowError) as exc:  # raised while constructing: no mark of its own
+            mark = self._guard_root.start_mark if self._guard_root is not None else None
+            raise yaml.constructor.ConstructorError(None, None, f"{exc} (quote the value to keep it as text)", mark) from None
 
 
 def load_yaml(text: str):
@@ -222,8 +232,6 @@ def parse_lore_text(text: str, path: Path, default_id: str) -> LoreEntry:
         line = mark.line + 2 if mark is not None else 1
         problem = getattr(exc, "problem", None) or str(exc)
         raise LoreFileError([LoreProblem(path, line, f"YAML error: {problem}")]) from None
-    except (ValueError, OverflowError) as exc:  # a value PyYAML resolved but Python cannot build (a date 2024-13-45)
-        raise LoreFileError([LoreProblem(path, 1, f"YAML error in the front matter: {exc} (quote the value to keep it as text)")]) from None
     if loader.duplicates:  # +2: 0-based, and the opening '---' line
         raise LoreFileError([
             LoreProblem(path, line + 2, f"duplicate field {name!r} (first at line {first + 2}): YAML keeps only the last one")

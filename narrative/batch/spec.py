@@ -208,8 +208,6 @@ def parse_spec(text: str, path: Path) -> QuestSpec:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 0
         raise SpecError([f"{path}:{line}: YAML error: {getattr(exc, 'problem', exc)}"]) from None
-    except (ValueError, OverflowError) as exc:  # a value PyYAML resolved but Python cannot build (a date 2024-13-45)
-        raise SpecError([f"{path}:1: YAML error: {exc} (quote the value to keep it as text)"]) from None
     if not isinstance(data, dict):
         raise SpecError([f"{path}:1: a quest spec must be a YAML mapping, got {type(data).__name__}"])
     data.setdefault("id", path.stem)
